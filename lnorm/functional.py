@@ -1,0 +1,326 @@
+"""Pure normalization functions: the paper's math, with no Flax in sight.
+
+Every function here is jit-, vmap- and grad-compatible and works on any float
+dtype. The conventions shared by all of them:
+
+* Statistics (mean, variance, mean square) are computed in at least float32,
+  also for bfloat16/float16 inputs; the output has the input's dtype.
+* Variance is the biased estimate ``mean((x - mean(x))**2)``, computed in two
+  passes. The one-pass ``E[x^2] - E[x]^2`` loses all precision when the mean
+  is large compared with the spread (pytorch #40302, #51102).
+* ``eps`` is added to the variance *inside* the square root, as in the
+  authors' code, PyTorch and Haiku; the default is 1e-5. (Flax's default is
+  1e-6; TF/Keras put 1e-3 in the same place.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Axes = int | Sequence[int]
+
+DEFAULT_EPS = 1e-5
+
+
+def canonical_axes(axes: Axes, ndim: int) -> tuple[int, ...]:
+  """Returns ``axes`` as a sorted tuple of non-negative ints, checked against ``ndim``."""
+  axes_tuple = (axes,) if isinstance(axes, int) else tuple(axes)
+  if not axes_tuple:
+    raise ValueError('at least one axis must be normalized; got an empty axis list.')
+  out = []
+  for a in axes_tuple:
+    if not isinstance(a, int):
+      raise TypeError(f'axes must be ints; got {a!r} of type {type(a).__name__}.')
+    if not -ndim <= a < ndim:
+      raise ValueError(
+        f'axis {a} is out of range for an input of rank {ndim}; '
+        f'allowed axes are {-ndim}..{ndim - 1}.'
+      )
+    out.append(a % ndim)
+  if len(set(out)) != len(out):
+    raise ValueError(f'axes {axes_tuple} name the same axis twice (input rank {ndim}).')
+  return tuple(sorted(out))
+
+
+def stats_dtype(dtype) -> jnp.dtype:
+  """The dtype statistics are computed in: at least float32."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _check_param(name: str, param: jax.Array | None, expected: tuple[int, ...], where: str):
+  if param is None:
+    return
+  if tuple(param.shape) != expected:
+    raise ValueError(
+      f'{name} has shape {tuple(param.shape)}, but {where} needs shape {expected} '
+      '(or a shape that equals the input shape with every other axis set to 1).'
+    )
+
+
+def _param_shape(x_shape, axes: tuple[int, ...]) -> tuple[int, ...]:
+  return tuple(x_shape[a] for a in axes)
+
+
+def _broadcast_param(param, x_ndim: int, axes: tuple[int, ...], name: str, where: str, x_shape):
+  """Reshapes a parameter of shape ``x.shape[axes]`` so it broadcasts against x.
+
+  A parameter given already in broadcast form (x's rank, ones elsewhere) is
+  accepted as is.
+  """
+  if param is None:
+    return None
+  param = jnp.asarray(param)
+  expected = _param_shape(x_shape, axes)
+  full = tuple(x_shape[i] if i in axes else 1 for i in range(x_ndim))
+  if tuple(param.shape) == full:
+    return param
+  _check_param(name, param, expected, where)
+  return param.reshape(full)
+
+
+def mean_and_variance(
+  x: jax.Array, axes: Axes, *, unbiased: bool = False
+) -> tuple[jax.Array, jax.Array]:
+  """Mean and variance of ``x`` over ``axes``, in at least float32, with kept dims.
+
+  Two passes: ``mu = mean(x)``, ``var = mean((x - mu)**2)`` (eq. 3-4 of the
+  paper). With ``unbiased=True`` the variance is multiplied by ``n / (n - 1)``
+  (Bessel's correction), what the paper uses for batch norm at batch size 4.
+
+  Args:
+    x: array of any float dtype.
+    axes: the axes the statistics run over.
+    unbiased: use the unbiased variance estimator.
+
+  Returns:
+    ``(mean, var)``, each of ``x``'s rank with size 1 on ``axes``, in
+    ``stats_dtype(x.dtype)``.
+  """
+  axes_t = canonical_axes(axes, x.ndim)
+  xf = x.astype(stats_dtype(x.dtype))
+  mean = jnp.mean(xf, axis=axes_t, keepdims=True)
+  var = jnp.mean(jnp.square(xf - mean), axis=axes_t, keepdims=True)
+  if unbiased:
+    n = 1
+    for a in axes_t:
+      n *= x.shape[a]
+    if n < 2:
+      raise ValueError(f'the unbiased variance needs at least 2 values per statistic; got {n}.')
+    var = var * (n / (n - 1))
+  return mean, var
+
+
+def normalize(
+  x: jax.Array,
+  mean: jax.Array,
+  var: jax.Array,
+  scale: jax.Array | None,
+  bias: jax.Array | None,
+  eps: float,
+) -> jax.Array:
+  """``scale * (x - mean) / sqrt(var + eps) + bias``, computed in float32, cast to x.dtype.
+
+  All arguments must already broadcast against ``x``.
+  """
+  dtype = stats_dtype(x.dtype)
+  y = (x.astype(dtype) - mean) * jax.lax.rsqrt(var + eps)
+  if scale is not None:
+    y = y * scale.astype(dtype)
+  if bias is not None:
+    y = y + bias.astype(dtype)
+  return y.astype(x.dtype)
+
+
+def layer_norm(
+  x: jax.Array,
+  scale: jax.Array | None = None,
+  bias: jax.Array | None = None,
+  *,
+  axis: Axes = -1,
+  eps: float = DEFAULT_EPS,
+) -> jax.Array:
+  """Layer normalization, eqs. (3)-(4) of Ba, Kiros & Hinton (2016).
+
+  For every position along the axes *not* in ``axis`` (every "case"), with
+  ``a`` the values along ``axis`` and ``H`` their number::
+
+      mu    = 1/H sum_i a_i
+      sigma = sqrt(1/H sum_i (a_i - mu)^2 + eps)
+      y     = scale * (a - mu) / sigma + bias
+
+  The same computation at training and test time; no state. With several
+  axes (e.g. ``axis=(-3, -2, -1)`` for an image's H, W, C) all of them are
+  normalized together, as the paper does for a whole layer (eqs. 15-16).
+
+  Args:
+    x: ``<float>[..., *feature_shape]``, any float dtype.
+    scale: gain ``g``, of shape ``x.shape[axis]`` (e.g. ``(H,)``); ``None`` for 1.
+    bias: bias ``b``, same shape as ``scale``; ``None`` for 0.
+    axis: the normalized axes (int or sequence of ints).
+    eps: added to the variance inside the square root.
+
+  Returns:
+    An array of ``x``'s shape and dtype; statistics are computed in float32
+    (or float64 for float64 input).
+  """
+  axes = canonical_axes(axis, x.ndim)
+  where = f'layer norm over axes {axes} of an input of shape {tuple(x.shape)}'
+  scale = _broadcast_param(scale, x.ndim, axes, 'scale', where, x.shape)
+  bias = _broadcast_param(bias, x.ndim, axes, 'bias', where, x.shape)
+  mean, var = mean_and_variance(x, axes)
+  return normalize(x, mean, var, scale, bias, eps)
+
+
+def rms_norm(
+  x: jax.Array,
+  scale: jax.Array | None = None,
+  *,
+  axis: Axes = -1,
+  eps: float = DEFAULT_EPS,
+) -> jax.Array:
+  """Root-mean-square normalization (Zhang & Sennrich 2019), a modern relative of LN.
+
+  Layer norm without the re-centering::
+
+      y = scale * a / sqrt(1/H sum_i a_i^2 + eps)
+
+  It keeps LN's invariance to re-scaling but not to re-centering.
+
+  Args:
+    x: ``<float>[..., *feature_shape]``.
+    scale: gain of shape ``x.shape[axis]``; ``None`` for 1.
+    axis: the normalized axes.
+    eps: added to the mean square inside the square root.
+
+  Returns:
+    An array of ``x``'s shape and dtype (statistics in float32 or wider).
+  """
+  axes = canonical_axes(axis, x.ndim)
+  where = f'RMS norm over axes {axes} of an input of shape {tuple(x.shape)}'
+  scale = _broadcast_param(scale, x.ndim, axes, 'scale', where, x.shape)
+  xf = x.astype(stats_dtype(x.dtype))
+  mean_square = jnp.mean(jnp.square(xf), axis=axes, keepdims=True)
+  y = xf * jax.lax.rsqrt(mean_square + eps)
+  if scale is not None:
+    y = y * scale.astype(y.dtype)
+  return y.astype(x.dtype)
+
+
+def batch_norm_train(
+  x: jax.Array,
+  scale: jax.Array | None = None,
+  bias: jax.Array | None = None,
+  *,
+  batch_axes: Axes = 0,
+  eps: float = DEFAULT_EPS,
+  unbiased: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Batch normalization with the statistics of this batch (Ioffe & Szegedy 2015; paper eq. 2).
+
+  For every feature (every position along the axes *not* in ``batch_axes``), with
+  ``a`` its values over the batch axes and ``N`` their number::
+
+      mu    = 1/N sum_n a_n
+      var   = 1/N sum_n (a_n - mu)^2          (times N/(N-1) if unbiased)
+      y     = scale * (a - mu) / sqrt(var + eps) + bias
+
+  Under ``jax.jit`` with a batch sharded over devices the means run over the
+  global batch.
+
+  Args:
+    x: ``<float>[batch, ...features]``.
+    scale, bias: of the feature shape (the axes not in ``batch_axes``); ``None``
+      for 1 and 0.
+    batch_axes: the axes the statistics run over; default the leading axis.
+    eps: added to the variance inside the square root.
+    unbiased: normalize with the unbiased variance estimator; the paper does
+      so for its batch-size-4 runs.
+
+  Returns:
+    ``(y, mean, var)``: ``y`` of ``x``'s shape and dtype, and the batch
+    statistics of the feature shape in float32 (to update running averages).
+  """
+  axes = canonical_axes(batch_axes, x.ndim)
+  feature_axes = tuple(i for i in range(x.ndim) if i not in axes)
+  where = f'batch norm over batch axes {axes} of an input of shape {tuple(x.shape)}'
+  scale = _broadcast_param(scale, x.ndim, feature_axes, 'scale', where, x.shape)
+  bias = _broadcast_param(bias, x.ndim, feature_axes, 'bias', where, x.shape)
+  mean, var = mean_and_variance(x, axes, unbiased=unbiased)
+  y = normalize(x, mean, var, scale, bias, eps)
+  return y, jnp.squeeze(mean, axis=axes), jnp.squeeze(var, axis=axes)
+
+
+def batch_norm_eval(
+  x: jax.Array,
+  mean: jax.Array,
+  var: jax.Array,
+  scale: jax.Array | None = None,
+  bias: jax.Array | None = None,
+  *,
+  batch_axes: Axes = 0,
+  eps: float = DEFAULT_EPS,
+) -> jax.Array:
+  """Batch normalization at test time, with population (running-average) statistics.
+
+  ``y = scale * (x - mean) / sqrt(var + eps) + bias`` where ``mean`` and
+  ``var`` have the feature shape (the axes of ``x`` not in ``batch_axes``).
+  """
+  axes = canonical_axes(batch_axes, x.ndim)
+  feature_axes = tuple(i for i in range(x.ndim) if i not in axes)
+  where = f'batch norm over batch axes {axes} of an input of shape {tuple(x.shape)}'
+  args = [
+    _broadcast_param(p, x.ndim, feature_axes, n, where, x.shape)
+    for p, n in ((mean, 'mean'), (var, 'var'), (scale, 'scale'), (bias, 'bias'))
+  ]
+  mean_b, var_b, scale_b, bias_b = args
+  dtype = stats_dtype(x.dtype)
+  return normalize(x, mean_b.astype(dtype), var_b.astype(dtype), scale_b, bias_b, eps)
+
+
+def update_running_stats(
+  running_mean: jax.Array,
+  running_var: jax.Array,
+  batch_mean: jax.Array,
+  batch_var: jax.Array,
+  momentum: float,
+) -> tuple[jax.Array, jax.Array]:
+  """Exponential moving averages: ``r <- momentum * r + (1 - momentum) * batch``."""
+  new_mean = momentum * running_mean + (1.0 - momentum) * batch_mean
+  new_var = momentum * running_var + (1.0 - momentum) * batch_var
+  return new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)
+
+
+def weight_norm(
+  v: jax.Array,
+  g: jax.Array,
+  *,
+  axis: Axes = 0,
+  eps: float = 0.0,
+) -> jax.Array:
+  """Weight normalization (Salimans & Kingma 2016): ``w = g * v / ||v||``.
+
+  Each output unit's weight vector is re-parameterized by a direction ``v``
+  and a length ``g``. For a Flax kernel of shape ``(in, out)`` the norm runs
+  over the input axis (``axis=0``) and ``g`` has shape ``(out,)``.
+
+  Args:
+    v: the direction parameters, e.g. ``<float>[in, out]``.
+    g: the lengths, of the shape of ``v`` without ``axis``.
+    axis: the axes the norm runs over (the fan-in axes).
+    eps: added to the squared norm inside the square root (0 by default, as
+      in the original; ``v`` is never zero in practice).
+
+  Returns:
+    The weight ``w`` of ``v``'s shape and dtype.
+  """
+  axes = canonical_axes(axis, v.ndim)
+  keep_axes = tuple(i for i in range(v.ndim) if i not in axes)
+  where = f'weight norm over axes {axes} of a kernel of shape {tuple(v.shape)}'
+  g_b = _broadcast_param(g, v.ndim, keep_axes, 'g', where, v.shape)
+  vf = v.astype(stats_dtype(v.dtype))
+  sq_norm = jnp.sum(jnp.square(vf), axis=axes, keepdims=True)
+  w = vf * jax.lax.rsqrt(sq_norm + eps) * g_b.astype(vf.dtype)
+  return w.astype(v.dtype)
