@@ -93,7 +93,9 @@ class LayerNorm(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     axes = F.canonical_axes(self.axis, x.ndim)
     shape = _feature_shape(x.shape, axes)
-    scale = self.param('scale', self.scale_init, shape, self.param_dtype) if self.use_scale else None
+    scale = (
+      self.param('scale', self.scale_init, shape, self.param_dtype) if self.use_scale else None
+    )
     bias = self.param('bias', self.bias_init, shape, self.param_dtype) if self.use_bias else None
     return F.layer_norm(x, scale, bias, axis=axes, eps=self.epsilon)
 
@@ -125,7 +127,9 @@ class RMSNorm(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     axes = F.canonical_axes(self.axis, x.ndim)
     shape = _feature_shape(x.shape, axes)
-    scale = self.param('scale', self.scale_init, shape, self.param_dtype) if self.use_scale else None
+    scale = (
+      self.param('scale', self.scale_init, shape, self.param_dtype) if self.use_scale else None
+    )
     y = F.rms_norm(x, scale, axis=axes, eps=self.epsilon)
     if self.use_bias:
       bias = self.param('bias', self.bias_init, shape, self.param_dtype)
@@ -178,7 +182,9 @@ class BatchNorm(nn.Module):
     feature_axes = F.canonical_axes(self.axis, x.ndim)
     batch_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
     shape = _feature_shape(x.shape, feature_axes)
-    scale = self.param('scale', self.scale_init, shape, self.param_dtype) if self.use_scale else None
+    scale = (
+      self.param('scale', self.scale_init, shape, self.param_dtype) if self.use_scale else None
+    )
     bias = self.param('bias', self.bias_init, shape, self.param_dtype) if self.use_bias else None
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, shape, jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, shape, jnp.float32)
@@ -227,9 +233,7 @@ class WeightNormDense(nn.Module):
     kernel = self.param(
       'kernel', self.kernel_init, (jnp.shape(x)[-1], self.features), self.param_dtype
     )
-    scale = self.param(
-      'scale', lambda _, v: jnp.sqrt(jnp.sum(jnp.square(v), axis=0)), kernel
-    )
+    scale = self.param('scale', lambda _, v: jnp.sqrt(jnp.sum(jnp.square(v), axis=0)), kernel)
     w = F.weight_norm(kernel, scale, axis=0, eps=self.epsilon)
     dtype = self.dtype or x.dtype
     y = jnp.dot(x.astype(dtype), w.astype(dtype))

@@ -1,0 +1,210 @@
+"""The pure normalization functions against float64 numpy written from the paper's equations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from lnorm import functional as F
+
+RNG = np.random.default_rng(0)
+
+
+def _np_layer_norm(x, g, b, axes, eps):
+  """Eqs. (3)-(4) in float64: mu, sigma over the normalized axes of each case."""
+  x = np.asarray(x, np.float64)
+  mu = x.mean(axis=axes, keepdims=True)
+  sigma = np.sqrt(((x - mu) ** 2).mean(axis=axes, keepdims=True) + eps)
+  y = (x - mu) / sigma
+  shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
+  if g is not None:
+    y = y * np.asarray(g, np.float64).reshape(shape)
+  if b is not None:
+    y = y + np.asarray(b, np.float64).reshape(shape)
+  return y
+
+
+def _random(shape, loc=0.0, scale=1.0):
+  return (RNG.standard_normal(shape) * scale + loc).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+  'shape,axes',
+  [
+    ((7, 16), (1,)),
+    ((3, 5, 8), (2,)),
+    ((3, 5, 8), (1, 2)),
+    ((2, 4, 4, 3), (1, 2, 3)),
+    ((6, 9), (0,)),
+  ],
+)
+@pytest.mark.parametrize('with_params', [True, False])
+def test_layer_norm_matches_paper_equations(shape, axes, with_params):
+  x = _random(shape, loc=2.0, scale=3.0)
+  pshape = tuple(shape[a] for a in axes)
+  g = _random(pshape, loc=1.0, scale=0.5) if with_params else None
+  b = _random(pshape) if with_params else None
+  y = F.layer_norm(x, g, b, axis=axes, eps=1e-5)
+  np.testing.assert_allclose(y, _np_layer_norm(x, g, b, axes, 1e-5), rtol=2e-5, atol=2e-5)
+
+
+def test_layer_norm_negative_axes_and_broadcast_params_agree():
+  x = _random((4, 6, 5))
+  g, b = _random((6, 5)), _random((6, 5))
+  y1 = F.layer_norm(x, g, b, axis=(-2, -1))
+  y2 = F.layer_norm(x, g[None], b[None], axis=(1, 2))
+  np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-6)
+
+
+def test_layer_norm_float64_is_exact():
+  with jax.enable_x64(True):
+    x = RNG.standard_normal((5, 11))
+    g, b = RNG.standard_normal(11), RNG.standard_normal(11)
+    y = F.layer_norm(jnp.asarray(x), jnp.asarray(g), jnp.asarray(b), eps=1e-3)
+    assert y.dtype == jnp.float64
+    np.testing.assert_allclose(y, _np_layer_norm(x, g, b, (1,), 1e-3), rtol=1e-12, atol=1e-12)
+
+
+def test_layer_norm_eps_is_inside_the_square_root():
+  # A case of variance v normalizes to (x - mu) / sqrt(v + eps): with v = 1 and eps = 3 to 0.5x.
+  x = jnp.array([[-1.0, 1.0]])
+  np.testing.assert_allclose(F.layer_norm(x, eps=3.0), [[-0.5, 0.5]], rtol=1e-6)
+
+
+def test_constant_input_gives_the_bias_exactly():
+  x = jnp.full((3, 8), 7.25)
+  b = jnp.arange(8.0)
+  y = F.layer_norm(x, jnp.full((8,), 5.0), b)
+  np.testing.assert_array_equal(y, np.broadcast_to(np.arange(8.0), (3, 8)))
+
+
+def test_large_mean_is_normalized_accurately_in_float32():
+  # A one-pass E[x^2] - E[x]^2 would lose everything here (x^2 ~ 1e8 has a float32 ulp of 8).
+  x = _random((64, 512), loc=1e4, scale=1.0)
+  y = F.layer_norm(x)
+  ref = _np_layer_norm(x, None, None, (1,), 1e-5)
+  assert np.max(np.abs(np.asarray(y) - ref)) < 1e-3
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_half_precision_input_gives_float32_statistics_and_input_dtype_output(dtype):
+  x = jnp.asarray(_random((16, 256), loc=100.0, scale=1.0), dtype)
+  mean, var = F.mean_and_variance(x, -1)
+  assert mean.dtype == jnp.float32 and var.dtype == jnp.float32
+  y = F.layer_norm(x, jnp.ones(256, dtype), jnp.zeros(256, dtype))
+  assert y.dtype == dtype
+  ref = _np_layer_norm(np.asarray(x, np.float64), None, None, (1,), 1e-5)
+  # Only the final rounding to the half dtype may be lost: relative 2^-8 (bf16) of |y| <~ 4.
+  assert np.max(np.abs(np.asarray(y, np.float64) - ref)) < 4 * 2.0**-8
+
+
+def test_rms_norm_matches_reference():
+  x = _random((6, 10), loc=1.0)
+  g = _random((10,), loc=1.0)
+  ref = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * g
+  np.testing.assert_allclose(F.rms_norm(x, g), ref, rtol=2e-5, atol=2e-5)
+  assert F.rms_norm(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize('unbiased', [False, True])
+def test_batch_norm_train_matches_reference(unbiased):
+  x = _random((4, 9), loc=-3.0, scale=2.0)
+  g, b = _random((9,), loc=1.0), _random((9,))
+  y, mean, var = F.batch_norm_train(x, g, b, unbiased=unbiased, eps=1e-5)
+  x64 = x.astype(np.float64)
+  ref_mean = x64.mean(0)
+  ref_var = x64.var(0, ddof=1 if unbiased else 0)
+  np.testing.assert_allclose(mean, ref_mean, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(var, ref_var, rtol=1e-5)
+  np.testing.assert_allclose(
+    y, g * (x64 - ref_mean) / np.sqrt(ref_var + 1e-5) + b, rtol=1e-4, atol=1e-4
+  )
+
+
+def test_batch_norm_over_several_batch_axes_and_eval():
+  x = _random((3, 5, 4))
+  y, mean, var = F.batch_norm_train(x, batch_axes=(0, 1))
+  assert mean.shape == (4,)
+  np.testing.assert_allclose(y, F.batch_norm_eval(x, mean, var, batch_axes=(0, 1)), atol=1e-5)
+  np.testing.assert_allclose(y.reshape(-1, 4).mean(0), 0.0, atol=1e-5)
+
+
+def test_update_running_stats_is_an_exponential_average():
+  m, v = F.update_running_stats(jnp.zeros(3), jnp.ones(3), jnp.full(3, 2.0), jnp.full(3, 5.0), 0.9)
+  np.testing.assert_allclose(m, 0.2, rtol=1e-6)
+  np.testing.assert_allclose(v, 0.9 + 0.5, rtol=1e-6)
+
+
+def test_weight_norm_matches_reference():
+  v = _random((7, 3))
+  g = _random((3,), loc=2.0)
+  w = F.weight_norm(v, g)
+  ref = g * v / np.linalg.norm(v.astype(np.float64), axis=0)
+  np.testing.assert_allclose(w, ref, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.linalg.norm(np.asarray(w, np.float64), axis=0), np.abs(g), rtol=1e-5
+  )
+
+
+# ---------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize('axes', [(1,), (1, 2), (0,)])
+def test_layer_norm_gradients_numerically(axes):
+  with jax.enable_x64(True):
+    x = jnp.asarray(RNG.standard_normal((3, 4, 5)) * 2 + 1)
+    pshape = tuple(x.shape[a] for a in axes)
+    g = jnp.asarray(RNG.standard_normal(pshape))
+    b = jnp.asarray(RNG.standard_normal(pshape))
+    check_grads(lambda x, g, b: F.layer_norm(x, g, b, axis=axes), (x, g, b), order=2, eps=1e-4)
+
+
+def test_rms_batch_and_weight_norm_gradients_numerically():
+  with jax.enable_x64(True):
+    x = jnp.asarray(RNG.standard_normal((5, 6)) + 0.5)
+    g = jnp.asarray(RNG.standard_normal(6))
+    b = jnp.asarray(RNG.standard_normal(6))
+    check_grads(lambda x, g: F.rms_norm(x, g), (x, g), order=2, eps=1e-4)
+    check_grads(
+      lambda x, g, b: F.batch_norm_train(x, g, b, unbiased=True)[0], (x, g, b), order=2, eps=1e-4
+    )
+    v = jnp.asarray(RNG.standard_normal((6, 4)))
+    check_grads(lambda v, g: F.weight_norm(v, g), (v, g[:4]), order=2, eps=1e-4)
+
+
+def test_functions_compose_with_jit_and_vmap():
+  x = _random((5, 3, 8))
+  g, b = _random((8,)), _random((8,))
+  direct = F.layer_norm(x, g, b)
+  mapped = jax.vmap(lambda xi: F.layer_norm(xi, g, b))(x)
+  jitted = jax.jit(F.layer_norm, static_argnames=('axis', 'eps'))(x, g, b)
+  np.testing.assert_allclose(mapped, direct, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jitted, direct, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_axis_out_of_range_is_a_clear_error():
+  with pytest.raises(
+    ValueError, match=r'axis 2 is out of range .* rank 2; allowed axes are -2\.\.1'
+  ):
+    F.layer_norm(jnp.ones((3, 4)), axis=2)
+
+
+def test_repeated_axis_is_a_clear_error():
+  with pytest.raises(ValueError, match='same axis twice'):
+    F.layer_norm(jnp.ones((3, 4)), axis=(1, -1))
+
+
+@pytest.mark.parametrize('name', ['scale', 'bias'])
+def test_parameter_shape_mismatch_is_a_clear_error(name):
+  kwargs = {name: jnp.ones(5)}
+  with pytest.raises(ValueError, match=rf'{name} has shape \(5,\), but .* needs shape \(4,\)'):
+    F.layer_norm(jnp.ones((3, 4)), **kwargs)
+
+
+def test_unbiased_variance_of_one_value_is_a_clear_error():
+  with pytest.raises(ValueError, match='at least 2 values'):
+    F.batch_norm_train(jnp.ones((1, 4)), unbiased=True)
