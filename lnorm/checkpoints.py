@@ -1,0 +1,170 @@
+"""The run directory: its saved config, checkpoints (orbax) and ``final.json``.
+
+Layout of a workdir::
+
+  config.json      the config of the run (written before training starts)
+  metrics.jsonl    one row per logged step (:mod:`lnorm.metrics`)
+  tb/              TensorBoard event files
+  checkpoints/<step>/{state,meta}   the last few checkpoints (orbax)
+  final.json       written last: final metrics, or ``diverged: true``
+
+Re-running on a workdir resumes from its last checkpoint. The new config must
+equal the saved one except for the fields a caller declares resume-safe
+(those that change neither the data order nor the updates, e.g. how often to
+log); otherwise :func:`check_or_write_config` refuses, naming each field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = 'config.json'
+FINAL_FILE = 'final.json'
+CHECKPOINT_DIR = 'checkpoints'
+
+
+class ConfigMismatchError(ValueError):
+  """The config differs from the one saved in the workdir in fields that are not resume-safe."""
+
+
+def config_to_dict(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+  """The config as plain JSON data (tuples become lists), as it is saved in config.json."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+  return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+def _flatten(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def diff_configs(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+  """The dotted field names whose values differ, mapped to ``(saved, current)``.
+
+  A field present on one side only differs with ``'<absent>'`` on the other.
+  """
+  a, b = _flatten(saved), _flatten(current)
+  absent = '<absent>'
+  return {
+    k: (a.get(k, absent), b.get(k, absent))
+    for k in sorted(set(a) | set(b))
+    if a.get(k, absent) != b.get(k, absent)
+  }
+
+
+def check_or_write_config(
+  workdir: str | os.PathLike,
+  config: ml_collections.ConfigDict | dict,
+  resume_safe: Iterable[str] = (),
+) -> dict[str, tuple[Any, Any]]:
+  """Writes ``config.json``, or checks ``config`` against the one already in ``workdir``.
+
+  Args:
+    workdir: the run directory (created if needed).
+    config: the config of this run.
+    resume_safe: dotted field names that may differ from the saved config;
+      the saved file is then updated to the new values.
+
+  Returns:
+    The resume-safe differences, ``{field: (saved, current)}``.
+
+  Raises:
+    ConfigMismatchError: other fields differ; the message names each one with
+      both values.
+  """
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  current = config_to_dict(config)
+  changed = {}
+  if path.exists():
+    saved = json.loads(path.read_text())
+    changed = diff_configs(saved, current)
+    unsafe = {k: v for k, v in changed.items() if k not in set(resume_safe)}
+    if unsafe:
+      lines = '\n'.join(f'  {k}: saved {a!r}, now {b!r}' for k, (a, b) in unsafe.items())
+      raise ConfigMismatchError(
+        f'{path.parent} holds a run with a different config; the fields that differ are:\n'
+        f'{lines}\nUse a new --workdir, or delete this one to start over.'
+      )
+    if not changed:
+      return {}
+  tmp = path.with_suffix('.json.tmp')
+  tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + '\n')
+  os.replace(tmp, path)
+  return changed
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
+  """The JSON object in ``path``, or ``None`` if the file does not exist."""
+  path = pathlib.Path(path)
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
+  """Writes ``data`` to ``path`` atomically (a reader never sees half a file)."""
+  path = pathlib.Path(path)
+  tmp = path.with_suffix(path.suffix + '.tmp')
+  tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + '\n')
+  os.replace(tmp, path)
+
+
+class Checkpointer:
+  """Saves and restores ``(train state, JSON metadata)`` pairs by step with orbax.
+
+  Saves run in the background; a checkpoint becomes visible only once it is
+  complete, so a run killed mid-save resumes from the previous one.
+
+  Args:
+    directory: where the checkpoints go (``<workdir>/checkpoints``).
+    max_to_keep: how many of the latest checkpoints to keep.
+  """
+
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3):
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+    )
+    self._manager = ocp.CheckpointManager(
+      pathlib.Path(directory).absolute(), options=options, item_names=('state', 'meta')
+    )
+
+  def latest_step(self) -> int | None:
+    """The step of the newest complete checkpoint, or ``None``."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """The steps of the kept checkpoints, oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+    """Starts saving ``state`` (a pytree of arrays) and ``meta`` (JSON data) as ``step``."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    self._manager.save(step, args=args, force=True)
+
+  def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
+    """Restores checkpoint ``step`` with the structure, dtypes and shardings of ``like``."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    restored = self._manager.restore(step, args=args)
+    return restored.state, restored.meta
+
+  def wait(self) -> None:
+    """Blocks until background saves are done."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for saves and releases the manager."""
+    self._manager.close()

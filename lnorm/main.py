@@ -1,0 +1,59 @@
+r"""Runs one experiment: ``python -m lnorm.main --config=CONFIG --workdir=DIR``.
+
+Example, from the repository root::
+
+  python -m lnorm.main --config=configs/pmnist.py:norm=layer,batch_size=4 \
+      --workdir=runs/pmnist/layer-bs4 --config.num_epochs=5
+
+``--config`` is a config file with ``get_config(arg)`` and the arg after the
+colon; ``--config.a.b=v`` overrides single fields. ``config.experiment``
+names the module of :mod:`experiments` whose ``train_and_evaluate(config,
+workdir)`` runs. Re-running on the same workdir resumes it.
+
+``experiments/`` and ``configs/`` sit at the repository root and are not
+installed; running with ``-m`` from the root puts the root on ``sys.path``,
+and this module adds the root of its own checkout when it is missing, so the
+command also works from elsewhere (with paths to the config adjusted).
+
+The persistent compilation cache is on (``~/.cache/lnorm/jax``); set
+``LNORM_JAX_CACHE`` to another directory, or to ``off``.
+"""
+
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if (_REPO_ROOT / 'experiments' / '__init__.py').exists() and str(_REPO_ROOT) not in sys.path:
+  sys.path.append(str(_REPO_ROOT))
+
+import experiments  # noqa: E402 (needs the repository root on sys.path).
+from lnorm import training  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and final.json.')
+config_flags.DEFINE_config_file(
+  'config', None, 'Experiment config file (configs/<task>.py:<args>).', lock_config=True
+)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  config = FLAGS.config
+  module = experiments.get_experiment(config.experiment)
+  if hasattr(module, 'check_config'):
+    module.check_config(config)  # Overrides are checked too, before any work.
+  cache = training.enable_compilation_cache()
+  logging.info('Compilation cache: %s', cache or 'off')
+  logging.info('Config:\n%s', config)
+  final = module.train_and_evaluate(config, FLAGS.workdir)
+  logging.info('Final: %s', final)
+
+
+if __name__ == '__main__':
+  app.run(main)
