@@ -311,7 +311,7 @@ def _default_manual_dir(builder_data_root: pathlib.Path) -> pathlib.Path:
 
 
 def _builder(data_dir):
-  import tensorflow_datasets as tfds  # noqa: PLC0415  (slow import, only for this source)
+  import tensorflow_datasets as tfds  # slow import: only for this source
 
   return tfds.builder(f'{TFDS_NAME}:{TFDS_VERSION}', data_dir=data_dir, file_format='array_record')
 
@@ -344,7 +344,7 @@ def prepare_tfds(data_dir=None, manual_dir=None, download: bool = False) -> path
   Returns:
     The prepared data set's directory, ``<data_dir>/mnist/3.0.1``.
   """
-  import tensorflow_datasets as tfds  # noqa: PLC0415
+  import tensorflow_datasets as tfds
 
   builder = _builder(_tfds_data_dir(data_dir))
   if not builder.is_prepared():
