@@ -80,6 +80,12 @@ def block_orthogonal(num_blocks: int, scale: float = 1.0) -> Initializer:
   return init
 
 
+#: Default ``W_h`` initializers: one orthogonal ``H x H`` block per gate, as Flax's cells.
+lstm_recurrent_init = block_orthogonal(4)
+gru_recurrent_init = block_orthogonal(2)
+orthogonal_init = block_orthogonal(1)
+
+
 def _check_size(cell: str, what: str, expected: int, got: int):
   if expected != got:
     raise ValueError(f'{cell} was built for {what} with {expected} features but got {got}.')
@@ -202,7 +208,7 @@ class LSTMCell(nn.RNNCellBase):
   epsilon: float = F.DEFAULT_EPS
   forget_bias: float = 0.0
   kernel_init: Initializer = default_kernel_init
-  recurrent_kernel_init: Initializer = block_orthogonal(4)
+  recurrent_kernel_init: Initializer = lstm_recurrent_init
   bias_init: Initializer = nn.initializers.zeros
   dtype: Any = None
   param_dtype: Any = jnp.float32
@@ -305,7 +311,8 @@ class GRUCell(nn.RNNCellBase):
     epsilon: added to the variance inside the square root of every LN.
     kernel_init: initializer of ``W_x`` and ``W`` (LeCun normal).
     recurrent_kernel_init: initializer of ``W_h`` ``[H, 2H]`` (each block
-      orthogonal); ``U`` uses ``block_orthogonal(1)``.
+      orthogonal).
+    candidate_recurrent_kernel_init: initializer of ``U`` (orthogonal).
     bias_init: initializer of the plain GRU's biases.
     dtype: the computation dtype (``None``: promoted).
     param_dtype: the dtype of the parameters.
@@ -315,8 +322,8 @@ class GRUCell(nn.RNNCellBase):
   norm: str = 'layer'
   epsilon: float = F.DEFAULT_EPS
   kernel_init: Initializer = default_kernel_init
-  recurrent_kernel_init: Initializer = block_orthogonal(2)
-  candidate_recurrent_kernel_init: Initializer = block_orthogonal(1)
+  recurrent_kernel_init: Initializer = gru_recurrent_init
+  candidate_recurrent_kernel_init: Initializer = orthogonal_init
   bias_init: Initializer = nn.initializers.zeros
   dtype: Any = None
   param_dtype: Any = jnp.float32
@@ -544,7 +551,7 @@ class BNLSTMCell(nn.RNNCellBase):
   gamma_init: float = 0.1
   forget_bias: float = 0.0
   kernel_init: Initializer = default_kernel_init
-  recurrent_kernel_init: Initializer = block_orthogonal(4)
+  recurrent_kernel_init: Initializer = lstm_recurrent_init
   bias_init: Initializer = nn.initializers.zeros
   dtype: Any = None
   param_dtype: Any = jnp.float32

@@ -1,0 +1,698 @@
+r"""Flax NNX counterparts of :mod:`lnorm.layers` and :mod:`lnorm.recurrent`.
+
+The modules follow ``flax.nnx`` conventions (sizes given up front, ``rngs``,
+``nnx.Param``/``nnx.BatchStat``, ``model.train()``/``model.eval()`` toggling
+``use_running_average``, cells subclassing ``nnx.RNNCellBase`` for
+``nnx.RNN``/``nnx.Bidirectional``) and call the same pure functions of
+:mod:`lnorm.functional` as the linen ones, so the numbers are the same.
+
+Every NNX module here has its parameters at the same paths, with the same
+names, as its linen twin (``scale``/``bias``, ``input_kernel``, ``ln_h/scale``,
+...), and :func:`from_linen_params` copies linen variables into it::
+
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from lnorm import nnx as lnnx, recurrent
+    >>> x = jnp.ones((2, 3))
+    >>> cell = recurrent.LSTMCell(4, norm='layer')
+    >>> carry = cell.initialize_carry(jax.random.key(0), x.shape)
+    >>> variables = cell.init(jax.random.key(1), carry, x)
+    >>> twin = lnnx.LSTMCell(3, 4, norm='layer', rngs=nnx.Rngs(0))
+    >>> twin = lnnx.from_linen_params(twin, variables)
+    >>> bool(jnp.allclose(twin(carry, x)[1], cell.apply(variables, carry, x)[1]))
+    True
+
+The conventions (eps 1e-5, gate orders, carried cell state, forget bias,
+initializers, dtypes) are those documented in :mod:`lnorm.recurrent`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lnorm import functional as F
+from lnorm import recurrent as R
+from lnorm.layers import NORM_NAMES, check_norm_name
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+M = TypeVar('M', bound=nnx.Module)
+
+__all__ = [
+  'BNLSTMCell',
+  'BatchNorm',
+  'GRUCell',
+  'Identity',
+  'LSTMCell',
+  'LayerNorm',
+  'NORM_NAMES',
+  'RMSNorm',
+  'StepBatchNorm',
+  'WeightNormDense',
+  'from_linen_params',
+  'make_dense',
+  'make_norm',
+]
+
+
+def _feature_shape(num_features: int | Sequence[int]) -> tuple[int, ...]:
+  return (num_features,) if isinstance(num_features, int) else tuple(num_features)
+
+
+def _axes_for(shape: tuple[int, ...], axis: F.Axes | None, x: Array, where: str) -> tuple[int, ...]:
+  """The input axes the parameters of ``shape`` cover; checks them against ``x``."""
+  if axis is None:
+    axis = tuple(range(-len(shape), 0))
+  axes = F.canonical_axes(axis, x.ndim)
+  got = tuple(x.shape[a] for a in axes)
+  if got != shape:
+    raise ValueError(
+      f'{where} was built for {shape} features on axes {axes} but got an input of shape '
+      f'{tuple(x.shape)} ({got} on those axes).'
+    )
+  return axes
+
+
+def _value(v: nnx.Variable | None) -> Array | None:
+  return None if v is None else v.value
+
+
+class Identity(nnx.Module):
+  """Returns its input: the "normalization" of ``norm='none'`` and ``norm='weight'``."""
+
+  def __call__(self, x: Array) -> Array:
+    return x
+
+
+class LayerNorm(nnx.Module):
+  """Layer normalization (Ba, Kiros & Hinton 2016), eqs. (3)-(4); NNX twin of ``layers.LayerNorm``.
+
+  ``y = scale * (x - mean(x)) / sqrt(var(x) + epsilon) + bias`` over the
+  normalized axes (default: the last ``len(num_features)`` axes), statistics
+  in float32, output in the input dtype. eps 1e-5 (Flax: 1e-6).
+
+  Args:
+    num_features: the size (int) or shape (tuple) of the normalized axes.
+    axis: the normalized axes (``None``: the trailing ones).
+    epsilon: added to the variance inside the square root.
+    use_scale, use_bias: learn ``scale`` (init 1) and ``bias`` (init 0).
+    scale_init, bias_init: their initializers.
+    param_dtype: dtype of the parameters.
+    rngs: random streams (``params`` is used by the initializers).
+  """
+
+  def __init__(
+    self,
+    num_features: int | Sequence[int],
+    *,
+    axis: F.Axes | None = None,
+    epsilon: float = F.DEFAULT_EPS,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    scale_init: Initializer = nnx.initializers.ones,
+    bias_init: Initializer = nnx.initializers.zeros,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    self.num_features = _feature_shape(num_features)
+    self.axis = axis
+    self.epsilon = epsilon
+    shape = self.num_features
+    self.scale = nnx.Param(scale_init(rngs.params(), shape, param_dtype)) if use_scale else None
+    self.bias = nnx.Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else None
+
+  def __call__(self, x: Array) -> Array:
+    axes = _axes_for(self.num_features, self.axis, x, 'LayerNorm')
+    return F.layer_norm(x, _value(self.scale), _value(self.bias), axis=axes, eps=self.epsilon)
+
+
+class RMSNorm(nnx.Module):
+  """RMS normalization (Zhang & Sennrich 2019), LN without re-centering.
+
+  ``y = scale * x / sqrt(mean(x**2) + epsilon)`` (+ ``bias``).
+  NNX twin of ``layers.RMSNorm``; ``use_bias`` (off by default) adds a bias
+  after the normalization.
+  """
+
+  def __init__(
+    self,
+    num_features: int | Sequence[int],
+    *,
+    axis: F.Axes | None = None,
+    epsilon: float = F.DEFAULT_EPS,
+    use_scale: bool = True,
+    use_bias: bool = False,
+    scale_init: Initializer = nnx.initializers.ones,
+    bias_init: Initializer = nnx.initializers.zeros,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    self.num_features = _feature_shape(num_features)
+    self.axis = axis
+    self.epsilon = epsilon
+    shape = self.num_features
+    self.scale = nnx.Param(scale_init(rngs.params(), shape, param_dtype)) if use_scale else None
+    self.bias = nnx.Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else None
+
+  def __call__(self, x: Array) -> Array:
+    axes = _axes_for(self.num_features, self.axis, x, 'RMSNorm')
+    y = F.rms_norm(x, _value(self.scale), axis=axes, eps=self.epsilon)
+    if self.bias is not None:
+      full = tuple(x.shape[i] if i in axes else 1 for i in range(x.ndim))
+      y = (y + self.bias.value.reshape(full)).astype(x.dtype)
+    return y
+
+
+class BatchNorm(nnx.Module):
+  """Batch normalization (Ioffe & Szegedy 2015); NNX twin of ``layers.BatchNorm``.
+
+  Training (``use_running_average=False``, or after ``model.train()``)
+  normalizes with the batch statistics over every axis but the feature axes
+  and updates the running averages ``mean`` and ``var`` (``nnx.BatchStat``);
+  evaluation (``model.eval()``) uses the averages.
+
+  Args:
+    num_features: size (int) or shape (tuple) of the feature axes.
+    use_running_average: evaluation mode (may be overridden per call).
+    axis: the feature axes (``None``: the trailing ones).
+    momentum: decay of the running averages.
+    epsilon: added to the variance inside the square root.
+    unbiased_variance: normalize with ``N/(N-1) * var`` (the paper at batch size 4).
+    use_scale, use_bias, scale_init, bias_init, param_dtype: as in :class:`LayerNorm`.
+    rngs: random streams.
+  """
+
+  def __init__(
+    self,
+    num_features: int | Sequence[int],
+    *,
+    use_running_average: bool = False,
+    axis: F.Axes | None = None,
+    momentum: float = 0.99,
+    epsilon: float = F.DEFAULT_EPS,
+    unbiased_variance: bool = False,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    scale_init: Initializer = nnx.initializers.ones,
+    bias_init: Initializer = nnx.initializers.zeros,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    self.num_features = _feature_shape(num_features)
+    self.use_running_average = use_running_average
+    self.axis = axis
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.unbiased_variance = unbiased_variance
+    shape = self.num_features
+    self.scale = nnx.Param(scale_init(rngs.params(), shape, param_dtype)) if use_scale else None
+    self.bias = nnx.Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else None
+    self.mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones(shape, jnp.float32))
+
+  def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    feature_axes = _axes_for(self.num_features, self.axis, x, 'BatchNorm')
+    batch_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+    scale, bias = _value(self.scale), _value(self.bias)
+    if use_running_average:
+      return F.batch_norm_eval(
+        x, self.mean.value, self.var.value, scale, bias, batch_axes=batch_axes, eps=self.epsilon
+      )
+    y, mean, var = F.batch_norm_train(
+      x, scale, bias, batch_axes=batch_axes, eps=self.epsilon, unbiased=self.unbiased_variance
+    )
+    self.mean.value, self.var.value = F.update_running_stats(
+      self.mean.value, self.var.value, mean, var, self.momentum
+    )
+    return y
+
+
+class WeightNormDense(nnx.Module):
+  """A weight-normalized dense layer (Salimans & Kingma 2016); twin of ``layers.WeightNormDense``.
+
+  ``y = x @ w + bias``, ``w[:, j] = scale[j] * kernel[:, j] / ||kernel[:, j]||``;
+  ``scale`` starts at the column norms of the initial ``kernel``.
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    use_bias: bool = True,
+    kernel_init: Initializer = R.default_kernel_init,
+    bias_init: Initializer = nnx.initializers.zeros,
+    epsilon: float = 0.0,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    self.in_features = in_features
+    self.out_features = out_features
+    self.epsilon = epsilon
+    self.dtype = dtype
+    kernel = kernel_init(rngs.params(), (in_features, out_features), param_dtype)
+    self.kernel = nnx.Param(kernel)
+    self.scale = nnx.Param(jnp.sqrt(jnp.sum(jnp.square(kernel), axis=0)))
+    self.bias = (
+      nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+    )
+
+  def __call__(self, x: Array) -> Array:
+    R._check_size('WeightNormDense', 'inputs', self.in_features, x.shape[-1])
+    w = F.weight_norm(self.kernel.value, self.scale.value, axis=0, eps=self.epsilon)
+    dtype = self.dtype or x.dtype
+    y = jnp.dot(x.astype(dtype), w.astype(dtype))
+    if self.bias is not None:
+      y = y + self.bias.value.astype(dtype)
+    return y
+
+
+def make_norm(
+  norm: str,
+  num_features: int | Sequence[int],
+  *,
+  rngs: nnx.Rngs,
+  train: bool = False,
+  axis: F.Axes | None = None,
+  epsilon: float = F.DEFAULT_EPS,
+  unbiased_variance: bool = False,
+  momentum: float = 0.99,
+  **kwargs: Any,
+) -> nnx.Module:
+  """Builds the NNX activation normalization called ``norm`` (see ``layers.make_norm``).
+
+  ``'none'`` and ``'weight'`` give :class:`Identity`; ``'layer'``,
+  ``'rms'``, ``'batch'`` the modules above, over ``num_features`` features.
+
+  Raises:
+    ValueError: ``norm`` is not one of :data:`NORM_NAMES` (the message lists them).
+  """
+  check_norm_name(norm)
+  if norm in ('none', 'weight'):
+    return Identity()
+  if norm == 'layer':
+    return LayerNorm(num_features, axis=axis, epsilon=epsilon, rngs=rngs, **kwargs)
+  if norm == 'rms':
+    return RMSNorm(num_features, axis=axis, epsilon=epsilon, rngs=rngs, **kwargs)
+  return BatchNorm(
+    num_features,
+    use_running_average=not train,
+    axis=axis,
+    epsilon=epsilon,
+    unbiased_variance=unbiased_variance,
+    momentum=momentum,
+    rngs=rngs,
+    **kwargs,
+  )
+
+
+def make_dense(
+  norm: str, in_features: int, out_features: int, *, rngs: nnx.Rngs, **kwargs: Any
+) -> nnx.Module:
+  """The dense layer for ``norm``: ``WeightNormDense`` for ``'weight'``, else ``nnx.Linear``."""
+  check_norm_name(norm)
+  if norm == 'weight':
+    return WeightNormDense(in_features, out_features, rngs=rngs, **kwargs)
+  return nnx.Linear(in_features, out_features, rngs=rngs, **kwargs)
+
+
+class _CellBase(nnx.RNNCellBase):
+  """Shared parameter set-up: ``input_kernel``, ``recurrent_kernel`` and carry helpers."""
+
+  def _check(self, hidden: Array, inputs: Array):
+    name = type(self).__name__
+    R._check_size(name, 'a carry', self.hidden_features, hidden.shape[-1])
+    R._check_size(name, 'inputs', self.in_features, inputs.shape[-1])
+
+  def _zeros(self, input_shape: tuple[int, ...]) -> Array:
+    shape = tuple(input_shape[:-1]) + (self.hidden_features,)
+    return jnp.zeros(shape, self.dtype or self.param_dtype)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+
+def _cell_kernels(cell, in_features, hidden, gates, kernel_init, recurrent_kernel_init, rngs):
+  pd = cell.param_dtype
+  cell.input_kernel = nnx.Param(kernel_init(rngs.params(), (in_features, gates * hidden), pd))
+  cell.recurrent_kernel = nnx.Param(
+    recurrent_kernel_init(rngs.params(), (hidden, gates * hidden), pd)
+  )
+
+
+class LSTMCell(_CellBase):
+  r"""LSTM cell with the paper's layer normalization; NNX twin of :class:`lnorm.recurrent.LSTMCell`.
+
+  ``norm='layer'`` is the LN-LSTM of eqs. (20)-(22):
+  ``[f; i; o; g] = LN(W_h h; a1, b1) + LN(W_x x; a2, b2) + b``,
+  ``c_t = sigmoid(f) * c + sigmoid(i) * tanh(g)``,
+  ``h_t = sigmoid(o) * tanh(LN(c_t; a3, b3))``, each LN over the whole
+  ``4H`` vector and the un-normalized ``c_t`` carried. ``'none'``: the plain
+  LSTM (eqs. 17-19); ``'draw'``: LN on ``c_t`` only (eqs. 29-31). Carry
+  ``(c, h)``, each ``<float>[*batch, hidden_features]``.
+
+  Args:
+    in_features: input size.
+    hidden_features: ``H``.
+    norm: ``'none'``, ``'layer'`` or ``'draw'``.
+    epsilon: the LN epsilon (1e-5).
+    forget_bias: initial value of the forget slice of ``b`` (default 0).
+    kernel_init, recurrent_kernel_init, bias_init: as in the linen cell.
+    dtype: computation dtype (``None``: promoted); param_dtype: parameter dtype.
+    rngs: random streams.
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    hidden_features: int,
+    *,
+    norm: str = 'layer',
+    epsilon: float = F.DEFAULT_EPS,
+    forget_bias: float = 0.0,
+    kernel_init: Initializer = R.default_kernel_init,
+    recurrent_kernel_init: Initializer = R.lstm_recurrent_init,
+    bias_init: Initializer = nnx.initializers.zeros,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    check_norm_name(norm, R.LSTM_NORMS)
+    self.in_features, self.hidden_features, self.norm = in_features, hidden_features, norm
+    self.dtype, self.param_dtype = dtype, param_dtype
+    hidden = hidden_features
+    _cell_kernels(self, in_features, hidden, 4, kernel_init, recurrent_kernel_init, rngs)
+    b_init = R._forget_bias_init(hidden, forget_bias, bias_init)
+    self.bias = nnx.Param(b_init(rngs.params(), (4 * hidden,), param_dtype))
+
+    def ln(n):
+      return LayerNorm(n, epsilon=epsilon, param_dtype=param_dtype, rngs=rngs)
+
+    self.ln_h = ln(4 * hidden) if norm == 'layer' else None
+    self.ln_x = ln(4 * hidden) if norm == 'layer' else None
+    self.ln_c = ln(hidden) if norm in ('layer', 'draw') else None
+
+  def __call__(
+    self, carry: tuple[Array, Array], inputs: Array
+  ) -> tuple[tuple[Array, Array], Array]:  # type: ignore[override]
+    """One step: ``((c, h), x) -> ((c_t, h_t), h_t)``."""
+    c, h = carry
+    self._check(h, inputs)
+    dtype = R._compute_dtype(self.dtype, inputs, c, h, self.param_dtype)
+    wx = jnp.dot(inputs.astype(dtype), self.input_kernel.value.astype(dtype))
+    wh = jnp.dot(h.astype(dtype), self.recurrent_kernel.value.astype(dtype))
+    if self.ln_h is not None:
+      wh, wx = self.ln_h(wh), self.ln_x(wx)
+    gates = wh + wx + self.bias.value.astype(dtype)
+    new_c, new_h = R.lstm_state_update(gates, c.astype(dtype), self.ln_c)
+    new_c, new_h = new_c.astype(c.dtype), new_h.astype(h.dtype)
+    return (new_c, new_h), new_h
+
+  def initialize_carry(
+    self, input_shape: tuple[int, ...], rngs: Any = None, carry_init: Any = None
+  ):  # type: ignore[override]
+    """A zero carry ``(c, h)`` in ``dtype or param_dtype`` (``rngs``, ``carry_init`` unused)."""
+    del rngs, carry_init
+    return self._zeros(input_shape), self._zeros(input_shape)
+
+
+class GRUCell(_CellBase):
+  r"""GRU cell with the paper's layer normalization; NNX twin of :class:`lnorm.recurrent.GRUCell`.
+
+  ``norm='layer'`` is the LN-GRU of eqs. (26)-(28):
+  ``[z; r] = LN(W_h h) + LN(W_x x)``,
+  ``h~ = tanh(LN(W x) + sigmoid(r) * LN(U h))``,
+  ``h_t = (1 - sigmoid(z)) * h + sigmoid(z) * h~`` (the paper's sign
+  convention; Flax's ``GRUCell`` weighs the old state by ``z``). ``'none'``:
+  eqs. (23)-(25) with biases ``b`` and ``b_c``. Carry ``h``.
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    hidden_features: int,
+    *,
+    norm: str = 'layer',
+    epsilon: float = F.DEFAULT_EPS,
+    kernel_init: Initializer = R.default_kernel_init,
+    recurrent_kernel_init: Initializer = R.gru_recurrent_init,
+    candidate_recurrent_kernel_init: Initializer = R.orthogonal_init,
+    bias_init: Initializer = nnx.initializers.zeros,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    check_norm_name(norm, R.GRU_NORMS)
+    self.in_features, self.hidden_features, self.norm = in_features, hidden_features, norm
+    self.dtype, self.param_dtype = dtype, param_dtype
+    hidden, pd = hidden_features, param_dtype
+    _cell_kernels(self, in_features, hidden, 2, kernel_init, recurrent_kernel_init, rngs)
+    self.candidate_input_kernel = nnx.Param(kernel_init(rngs.params(), (in_features, hidden), pd))
+    self.candidate_recurrent_kernel = nnx.Param(
+      candidate_recurrent_kernel_init(rngs.params(), (hidden, hidden), pd)
+    )
+    if norm == 'layer':
+      self.bias = self.candidate_bias = None
+      self.ln_h = LayerNorm(2 * hidden, epsilon=epsilon, param_dtype=pd, rngs=rngs)
+      self.ln_x = LayerNorm(2 * hidden, epsilon=epsilon, param_dtype=pd, rngs=rngs)
+      self.ln_cx = LayerNorm(hidden, epsilon=epsilon, param_dtype=pd, rngs=rngs)
+      self.ln_ch = LayerNorm(hidden, epsilon=epsilon, param_dtype=pd, rngs=rngs)
+    else:
+      self.bias = nnx.Param(bias_init(rngs.params(), (2 * hidden,), pd))
+      self.candidate_bias = nnx.Param(bias_init(rngs.params(), (hidden,), pd))
+      self.ln_h = self.ln_x = self.ln_cx = self.ln_ch = None
+
+  def __call__(self, carry: Array, inputs: Array) -> tuple[Array, Array]:  # type: ignore[override]
+    """One step: ``(h, x) -> (h_t, h_t)``."""
+    h = carry
+    self._check(h, inputs)
+    dtype = R._compute_dtype(self.dtype, inputs, h, self.param_dtype)
+    x, hc = inputs.astype(dtype), h.astype(dtype)
+    wx = jnp.dot(x, self.input_kernel.value.astype(dtype))
+    wh = jnp.dot(hc, self.recurrent_kernel.value.astype(dtype))
+    cx = jnp.dot(x, self.candidate_input_kernel.value.astype(dtype))
+    ch = jnp.dot(hc, self.candidate_recurrent_kernel.value.astype(dtype))
+    if self.norm == 'layer':
+      gates = self.ln_h(wh) + self.ln_x(wx)
+      cx, ch = self.ln_cx(cx), self.ln_ch(ch)
+    else:
+      gates = wh + wx + self.bias.value.astype(dtype)
+      cx = cx + self.candidate_bias.value.astype(dtype)
+    z, r = jnp.split(gates, 2, axis=-1)
+    candidate = jnp.tanh(cx + jax.nn.sigmoid(r) * ch)
+    new_h = R.gru_state_update(hc, z, candidate).astype(h.dtype)
+    return new_h, new_h
+
+  def initialize_carry(
+    self, input_shape: tuple[int, ...], rngs: Any = None, carry_init: Any = None
+  ):  # type: ignore[override]
+    """A zero carry ``h`` in ``dtype or param_dtype``; ``rngs`` and ``carry_init`` are unused."""
+    del rngs, carry_init
+    return self._zeros(input_shape)
+
+
+class StepBatchNorm(nnx.Module):
+  """Per-time-step batch norm (Cooijmans et al. 2016); twin of ``recurrent.StepBatchNorm``.
+
+  ``scale`` (init ``gamma_init``), optional ``bias`` (init 0), and
+  ``nnx.BatchStat`` ``mean``/``var`` of shape ``(max_steps, num_features)``.
+  """
+
+  def __init__(
+    self,
+    num_features: int,
+    max_steps: int,
+    *,
+    use_running_average: bool = False,
+    use_bias: bool = True,
+    gamma_init: float = 0.1,
+    momentum: float = 0.99,
+    epsilon: float = F.DEFAULT_EPS,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    del rngs
+    self.use_running_average = use_running_average
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.scale = nnx.Param(jnp.full((num_features,), gamma_init, param_dtype))
+    self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype)) if use_bias else None
+    self.mean = nnx.BatchStat(jnp.zeros((max_steps, num_features), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((max_steps, num_features), jnp.float32))
+
+  def __call__(self, x: Array, step: Array, use_running_average: bool | None = None) -> Array:
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    y, mean, var = R.step_batch_norm(
+      x,
+      step,
+      self.scale.value,
+      _value(self.bias),
+      self.mean.value,
+      self.var.value,
+      use_running_average=use_running_average,
+      momentum=self.momentum,
+      eps=self.epsilon,
+    )
+    if not use_running_average:
+      self.mean.value, self.var.value = mean, var
+    return y
+
+
+class BNLSTMCell(_CellBase):
+  r"""Recurrent batch-norm LSTM (Cooijmans et al. 2016), twin of ``lnorm.recurrent.BNLSTMCell``.
+
+  ``[f; i; o; g] = BN_t(W_h h; gamma_h) + BN_t(W_x x; gamma_x) + b``,
+  ``c_t = sigmoid(f) * c + sigmoid(i) * tanh(g)``,
+  ``h_t = sigmoid(o) * tanh(BN_t(c_t; gamma_c, beta_c))``, statistics per
+  time step (population statistics of step ``min(t, max_steps - 1)`` in
+  evaluation), gammas initialized to 0.1. Carry ``(c, h, t)`` with the step
+  counter ``t`` ``<int32>[*batch]``. ``model.train()``/``model.eval()`` switch
+  ``use_running_average``. ``nnx.RNN`` carries all module state through its
+  scan, so the per-step statistics update inside it as they should.
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    hidden_features: int,
+    *,
+    max_steps: int = 100,
+    use_running_average: bool = False,
+    momentum: float = 0.99,
+    epsilon: float = F.DEFAULT_EPS,
+    gamma_init: float = 0.1,
+    forget_bias: float = 0.0,
+    kernel_init: Initializer = R.default_kernel_init,
+    recurrent_kernel_init: Initializer = R.lstm_recurrent_init,
+    bias_init: Initializer = nnx.initializers.zeros,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    self.in_features, self.hidden_features = in_features, hidden_features
+    self.use_running_average = use_running_average
+    self.dtype, self.param_dtype = dtype, param_dtype
+    hidden = hidden_features
+    _cell_kernels(self, in_features, hidden, 4, kernel_init, recurrent_kernel_init, rngs)
+    b_init = R._forget_bias_init(hidden, forget_bias, bias_init)
+    self.bias = nnx.Param(b_init(rngs.params(), (4 * hidden,), param_dtype))
+
+    def bn(n, use_bias):
+      return StepBatchNorm(
+        n,
+        max_steps,
+        use_running_average=use_running_average,
+        use_bias=use_bias,
+        gamma_init=gamma_init,
+        momentum=momentum,
+        epsilon=epsilon,
+        param_dtype=param_dtype,
+        rngs=rngs,
+      )
+
+    self.bn_h, self.bn_x, self.bn_c = bn(4 * hidden, False), bn(4 * hidden, False), bn(hidden, True)
+
+  def __call__(self, carry: tuple[Array, Array, Array], inputs: Array):  # type: ignore[override]
+    """One step: ``((c, h, t), x) -> ((c_t, h_t, t + 1), h_t)``."""
+    if len(carry) != 3:
+      raise ValueError(f'BNLSTMCell carries (c, h, step); got a carry of {len(carry)} parts.')
+    c, h, t = carry
+    self._check(h, inputs)
+    ura = self.use_running_average
+    dtype = R._compute_dtype(self.dtype, inputs, c, h, self.param_dtype)
+    wx = jnp.dot(inputs.astype(dtype), self.input_kernel.value.astype(dtype))
+    wh = jnp.dot(h.astype(dtype), self.recurrent_kernel.value.astype(dtype))
+    gates = self.bn_h(wh, t, ura) + self.bn_x(wx, t, ura) + self.bias.value.astype(dtype)
+    new_c, new_h = R.lstm_state_update(gates, c.astype(dtype), lambda v: self.bn_c(v, t, ura))
+    new_c, new_h = new_c.astype(c.dtype), new_h.astype(h.dtype)
+    return (new_c, new_h, t + 1), new_h
+
+  def initialize_carry(
+    self, input_shape: tuple[int, ...], rngs: Any = None, carry_init: Any = None
+  ):  # type: ignore[override]
+    """``(c, h, t)``: zeros in ``dtype or param_dtype`` and the step ``t = 0`` (int32)."""
+    del rngs, carry_init
+    batch = tuple(input_shape[:-1])
+    return self._zeros(input_shape), self._zeros(input_shape), jnp.zeros(batch, jnp.int32)
+
+
+def _merge(into: dict, tree: Mapping) -> None:
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      _merge(into.setdefault(k, {}), v)
+    elif k in into:
+      raise ValueError(f'variable {k!r} appears in two linen collections.')
+    else:
+      into[k] = v
+
+
+def from_linen_params(module: M, variables: Mapping[str, Any]) -> M:
+  """Copies linen variables into an NNX module with the same structure, in place; returns it.
+
+  The NNX modules of this file keep every ``nnx.Param`` and ``nnx.BatchStat``
+  at the path its linen twin uses inside ``params``/``batch_stats`` (e.g.
+  ``ln_h/scale``); container modules work too when their attribute names
+  equal the linen submodule names (``nnx.RNN(cell)`` and ``nn.RNN(cell)`` both
+  call it ``cell``).
+
+  Args:
+    module: the NNX module to fill.
+    variables: the linen variables (``{'params': ..., 'batch_stats': ...}``),
+      or a bare ``params`` tree.
+
+  Returns:
+    ``module``, whose parameters and batch statistics now equal the linen ones.
+
+  Raises:
+    ValueError: a variable is missing on one side or has another shape.
+  """
+  if 'params' not in variables and 'batch_stats' not in variables:
+    variables = {'params': variables}
+  linen: dict = {}
+  for col in ('params', 'batch_stats'):
+    _merge(linen, jax.tree_util.tree_map(lambda a: a, dict(variables.get(col, {}))))
+  state = nnx.state(module, (nnx.Param, nnx.BatchStat))
+  pure = state.to_pure_dict()
+  used: set[tuple] = set()
+
+  def fill(node, src, path):
+    out = {}
+    for k, v in node.items():
+      p = path + (str(k),)
+      if isinstance(v, Mapping):
+        if not isinstance(src, Mapping) or str(k) not in src:
+          raise ValueError(f'linen variables have no {"/".join(p)}.')
+        out[k] = fill(v, src[str(k)], p)
+        continue
+      if not isinstance(src, Mapping) or str(k) not in src:
+        raise ValueError(f'linen variables have no {"/".join(p)} (NNX shape {tuple(v.shape)}).')
+      new = jnp.asarray(src[str(k)])
+      if new.shape != v.shape:
+        raise ValueError(
+          f'{"/".join(p)} has shape {tuple(new.shape)} in linen but {tuple(v.shape)} in NNX.'
+        )
+      used.add(p)
+      out[k] = new.astype(v.dtype)
+    return out
+
+  filled = fill(pure, linen, ())
+  leaves = {
+    tuple(str(getattr(k, 'key', k)) for k in kp)
+    for kp, _ in jax.tree_util.tree_flatten_with_path(linen)[0]
+  }
+  unused = sorted('/'.join(p) for p in leaves - used)
+  if unused:
+    raise ValueError(f'linen variables with no place in the NNX module: {", ".join(unused)}.')
+  nnx.replace_by_pure_dict(state, filled)
+  nnx.update(module, state)
+  return module
