@@ -79,7 +79,7 @@ def _axes_for(shape: tuple[int, ...], axis: F.Axes | None, x: Array, where: str)
 
 
 def _value(v: nnx.Variable | None) -> Array | None:
-  return None if v is None else v.value
+  return None if v is None else v[...]
 
 
 class Identity(nnx.Module):
@@ -164,7 +164,7 @@ class RMSNorm(nnx.Module):
     y = F.rms_norm(x, _value(self.scale), axis=axes, eps=self.epsilon)
     if self.bias is not None:
       full = tuple(x.shape[i] if i in axes else 1 for i in range(x.ndim))
-      y = (y + self.bias.value.reshape(full)).astype(x.dtype)
+      y = (y + self.bias[...].reshape(full)).astype(x.dtype)
     return y
 
 
@@ -223,13 +223,13 @@ class BatchNorm(nnx.Module):
     scale, bias = _value(self.scale), _value(self.bias)
     if use_running_average:
       return F.batch_norm_eval(
-        x, self.mean.value, self.var.value, scale, bias, batch_axes=batch_axes, eps=self.epsilon
+        x, self.mean[...], self.var[...], scale, bias, batch_axes=batch_axes, eps=self.epsilon
       )
     y, mean, var = F.batch_norm_train(
       x, scale, bias, batch_axes=batch_axes, eps=self.epsilon, unbiased=self.unbiased_variance
     )
-    self.mean.value, self.var.value = F.update_running_stats(
-      self.mean.value, self.var.value, mean, var, self.momentum
+    self.mean[...], self.var[...] = F.update_running_stats(
+      self.mean[...], self.var[...], mean, var, self.momentum
     )
     return y
 
@@ -267,11 +267,11 @@ class WeightNormDense(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     R._check_size('WeightNormDense', 'inputs', self.in_features, x.shape[-1])
-    w = F.weight_norm(self.kernel.value, self.scale.value, axis=0, eps=self.epsilon)
+    w = F.weight_norm(self.kernel[...], self.scale[...], axis=0, eps=self.epsilon)
     dtype = self.dtype or x.dtype
     y = jnp.dot(x.astype(dtype), w.astype(dtype))
     if self.bias is not None:
-      y = y + self.bias.value.astype(dtype)
+      y = y + self.bias[...].astype(dtype)
     return y
 
 
@@ -408,11 +408,11 @@ class LSTMCell(_CellBase):
     c, h = carry
     self._check(h, inputs)
     dtype = R._compute_dtype(self.dtype, inputs, c, h, self.param_dtype)
-    wx = jnp.dot(inputs.astype(dtype), self.input_kernel.value.astype(dtype))
-    wh = jnp.dot(h.astype(dtype), self.recurrent_kernel.value.astype(dtype))
+    wx = jnp.dot(inputs.astype(dtype), self.input_kernel[...].astype(dtype))
+    wh = jnp.dot(h.astype(dtype), self.recurrent_kernel[...].astype(dtype))
     if self.ln_h is not None:
       wh, wx = self.ln_h(wh), self.ln_x(wx)
-    gates = wh + wx + self.bias.value.astype(dtype)
+    gates = wh + wx + self.bias[...].astype(dtype)
     new_c, new_h = R.lstm_state_update(gates, c.astype(dtype), self.ln_c)
     new_c, new_h = new_c.astype(c.dtype), new_h.astype(h.dtype)
     return (new_c, new_h), new_h
@@ -477,16 +477,16 @@ class GRUCell(_CellBase):
     self._check(h, inputs)
     dtype = R._compute_dtype(self.dtype, inputs, h, self.param_dtype)
     x, hc = inputs.astype(dtype), h.astype(dtype)
-    wx = jnp.dot(x, self.input_kernel.value.astype(dtype))
-    wh = jnp.dot(hc, self.recurrent_kernel.value.astype(dtype))
-    cx = jnp.dot(x, self.candidate_input_kernel.value.astype(dtype))
-    ch = jnp.dot(hc, self.candidate_recurrent_kernel.value.astype(dtype))
+    wx = jnp.dot(x, self.input_kernel[...].astype(dtype))
+    wh = jnp.dot(hc, self.recurrent_kernel[...].astype(dtype))
+    cx = jnp.dot(x, self.candidate_input_kernel[...].astype(dtype))
+    ch = jnp.dot(hc, self.candidate_recurrent_kernel[...].astype(dtype))
     if self.norm == 'layer':
       gates = self.ln_h(wh) + self.ln_x(wx)
       cx, ch = self.ln_cx(cx), self.ln_ch(ch)
     else:
-      gates = wh + wx + self.bias.value.astype(dtype)
-      cx = cx + self.candidate_bias.value.astype(dtype)
+      gates = wh + wx + self.bias[...].astype(dtype)
+      cx = cx + self.candidate_bias[...].astype(dtype)
     z, r = jnp.split(gates, 2, axis=-1)
     candidate = jnp.tanh(cx + jax.nn.sigmoid(r) * ch)
     new_h = R.gru_state_update(hc, z, candidate).astype(h.dtype)
@@ -535,16 +535,16 @@ class StepBatchNorm(nnx.Module):
     y, mean, var = R.step_batch_norm(
       x,
       step,
-      self.scale.value,
+      self.scale[...],
       _value(self.bias),
-      self.mean.value,
-      self.var.value,
+      self.mean[...],
+      self.var[...],
       use_running_average=use_running_average,
       momentum=self.momentum,
       eps=self.epsilon,
     )
     if not use_running_average:
-      self.mean.value, self.var.value = mean, var
+      self.mean[...], self.var[...] = mean, var
     return y
 
 
@@ -610,9 +610,9 @@ class BNLSTMCell(_CellBase):
     self._check(h, inputs)
     ura = self.use_running_average
     dtype = R._compute_dtype(self.dtype, inputs, c, h, self.param_dtype)
-    wx = jnp.dot(inputs.astype(dtype), self.input_kernel.value.astype(dtype))
-    wh = jnp.dot(h.astype(dtype), self.recurrent_kernel.value.astype(dtype))
-    gates = self.bn_h(wh, t, ura) + self.bn_x(wx, t, ura) + self.bias.value.astype(dtype)
+    wx = jnp.dot(inputs.astype(dtype), self.input_kernel[...].astype(dtype))
+    wh = jnp.dot(h.astype(dtype), self.recurrent_kernel[...].astype(dtype))
+    gates = self.bn_h(wh, t, ura) + self.bn_x(wx, t, ura) + self.bias[...].astype(dtype)
     new_c, new_h = R.lstm_state_update(gates, c.astype(dtype), lambda v: self.bn_c(v, t, ura))
     new_c, new_h = new_c.astype(c.dtype), new_h.astype(h.dtype)
     return (new_c, new_h, t + 1), new_h
@@ -662,7 +662,7 @@ def from_linen_params(module: M, variables: Mapping[str, Any]) -> M:
   for col in ('params', 'batch_stats'):
     _merge(linen, jax.tree_util.tree_map(lambda a: a, dict(variables.get(col, {}))))
   state = nnx.state(module, (nnx.Param, nnx.BatchStat))
-  pure = state.to_pure_dict()
+  pure = nnx.to_pure_dict(state)
   used: set[tuple] = set()
 
   def fill(node, src, path):
