@@ -95,6 +95,7 @@ def load_sweep(config_spec: str) -> tuple[str, list[str]]:
     sys.path.append(str(REPO_ROOT))  # configs import lnorm and experiments from the root.
   spec = importlib.util.spec_from_file_location(f'_sweep_config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # Dataclasses and pickling look the module up there.
   spec.loader.exec_module(module)
   if not hasattr(module, 'get_sweep'):
     raise AttributeError(f'{config_file} has no get_sweep().')
