@@ -372,9 +372,16 @@ def markdown_table(
   return '\n'.join(lines) + '\n'
 
 
-def available_metrics(runs: Sequence[RunData]) -> list[str]:
-  """Every metric key any run logged, sorted."""
-  return sorted(set().union(*(r.metrics for r in runs)))
+#: Logged keys left out of the default metrics (by their last part): not results.
+NOT_RESULTS = ('lr', 'grad_norm')
+
+
+def available_metrics(runs: Sequence[RunData], results_only: bool = False) -> list[str]:
+  """Every metric key any run logged, sorted; ``results_only`` drops :data:`NOT_RESULTS`."""
+  keys = sorted(set().union(*(r.metrics for r in runs)))
+  if results_only:
+    keys = [k for k in keys if k.split('/')[-1] not in NOT_RESULTS]
+  return keys
 
 
 def check_metrics(runs: Sequence[RunData], metrics: Sequence[str]) -> None:
@@ -454,7 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     description='Curves (PNG) and a table of best/final values (markdown) of run workdirs.'
   )
   parser.add_argument('workdirs', nargs='+', help='run directories (files are skipped).')
-  parser.add_argument('--metrics', default=None, help='comma-separated (default: all logged).')
+  parser.add_argument(
+    '--metrics', default=None, help='comma-separated (default: all logged but lr, grad_norm).'
+  )
   parser.add_argument('--x', default='epoch', choices=X_AXES, help='x axis (default epoch).')
   parser.add_argument('--color', default='norm', help='fields giving the colour (default norm).')
   parser.add_argument('--panel', default='batch_size', help='fields giving the panel column.')
@@ -470,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   warn = lambda msg: print(f'warning: {msg}', file=sys.stderr)
   runs = load_runs(args.workdirs, warn=warn)
-  metrics = _split(args.metrics) or available_metrics(runs)
+  metrics = _split(args.metrics) or available_metrics(runs, results_only=True)
   check_metrics(runs, metrics)
   color_by, panel_by = _split(args.color), _split(args.panel)
   groups = group_runs(runs, color_by, panel_by, args.seed_field, warn=warn)

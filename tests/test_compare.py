@@ -46,7 +46,7 @@ def runs_dir(tmp_path):
         for epoch in (1, 2, 3, 4):
           v = nll(norm, bs, seed, epoch)
           rows.append(row(epoch - 0.5, train__loss=v + 0.05))
-          rows.append(row(epoch, train__loss=v, test__nll=v, test__error=v / 10))
+          rows.append(row(epoch, train__loss=v, test__nll=v, test__error=v / 10, train__lr=0.1))
         config = {'norm': norm, 'batch_size': bs, 'seed': seed, 'optim': {'lr': 1e-3}}
         make_run(tmp_path, f'{norm}-bs{bs}-s{seed}', config, rows, final={'step': 400})
   (tmp_path / 'notes.txt').write_text('not a run')
@@ -213,5 +213,9 @@ def test_command_line(runs_dir, tmp_path, capsys):
   captured = capsys.readouterr()
   assert md in captured.out
   assert 'notes.txt: not a directory; skipped.' in captured.err
+  compare.main([paths[0], '--out', str(out)])  # Default metrics: all but lr, grad_norm.
+  assert '| 128 | batch | 1 | 4 | 1/1 | 0.025 | 0.025 | 0.25 | 0.25 | 0.25 | 0.25 |' in (
+    out.with_suffix('.md').read_text()
+  )
   with pytest.raises(ValueError, match='no run logged test/acc'):
     compare.main([*paths, '--metrics', 'test/acc', '--out', str(out)])
