@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from lnorm.config_args import parse_arg
+from lnorm.config_args import check_int, parse_arg
 
 #: The norms of Figure 6, and the extra ones this project compares.
 PAPER_NORMS = ('none', 'batch', 'layer')
@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     data_dir=None,
     smoke=False,
   )
+  check_int('batch_size', a.batch_size, minimum=1)  # The defaults below divide by it.
   c = ml_collections.ConfigDict()
   c.experiment = 'pmnist'
   c.norm = a.norm

@@ -182,7 +182,7 @@ def make_train_step(
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(f, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
     return new_state, metrics
 
   return train_step
