@@ -92,8 +92,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.momentum = 0.9
 
   # Loop: tiny batches run many steps per jitted call to amortize dispatch.
+  # Rows fall on multiples of steps_per_call so that calls stay whole (a call
+  # cut short by a row runs its steps one by one).
   c.steps_per_call = 64 if a.batch_size <= 16 else 8
-  c.log_every_steps = max(1, 50 * 128 // a.batch_size)  # A train row every ~6,400 examples.
+  c.log_every_steps = c.steps_per_call * max(1, round(6400 / a.batch_size / c.steps_per_call))
   c.evals_per_epoch = 4
   c.eval_every_steps = 0
   c.eval_batch_size = 1000
@@ -105,7 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_train, c.num_valid, c.num_test = 512, 128, 128
     c.hidden_sizes = (32, 32)
     c.num_epochs = 2 if a.epochs == 20 else a.epochs
-    c.steps_per_call = 4
+    c.steps_per_call = 2
     c.log_every_steps = 2
     c.evals_per_epoch = 2
     c.eval_batch_size = 128
