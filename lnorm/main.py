@@ -19,6 +19,7 @@ The persistent compilation cache is on (``~/.cache/lnorm/jax``); set
 ``LNORM_JAX_CACHE`` to another directory, or to ``off``.
 """
 
+import logging as std_logging
 import pathlib
 import sys
 
@@ -41,9 +42,15 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def _quiet_orbax(record: std_logging.LogRecord) -> bool:
+  """Drops orbax's INFO lines (about 30 per checkpoint); its warnings still show."""
+  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   config = FLAGS.config
   module = experiments.get_experiment(config.experiment)
   if hasattr(module, 'check_config'):
