@@ -20,6 +20,7 @@ previous row), ``train/error``, and ``valid/nll``, ``valid/error``,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,6 +90,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'unbiased_variance must be True or False; got {config.unbiased_variance!r}.')
   if not isinstance(config.permute_pixels, bool):
     raise ValueError(f'permute_pixels must be True or False; got {config.permute_pixels!r}.')
+  if config.norm == 'batch' and config.batch_size < 8 and not config.unbiased_variance:
+    logging.warning(
+      'batch norm at batch size %d with the biased variance; the paper uses the unbiased one '
+      '(set the batch size with the config arg, or --config.unbiased_variance=True).',
+      config.batch_size,
+    )
   sizes = tuple(config.hidden_sizes)
   if not sizes or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in sizes):
     raise ValueError(f'hidden_sizes must be a non-empty tuple of positive ints; got {sizes!r}.')
