@@ -6,7 +6,7 @@ linen modules in :mod:`lnorm.layers` and :mod:`lnorm.recurrent`, and their
 NNX counterparts in :mod:`lnorm.nnx`.
 """
 
-from lnorm import functional
+from lnorm import functional, nnx, recurrent
 from lnorm.functional import (
   batch_norm_eval,
   batch_norm_train,
@@ -26,5 +26,6 @@ from lnorm.layers import (
   make_dense,
   make_norm,
 )
+from lnorm.recurrent import BNLSTMCell, GRUCell, LSTMCell, batch_stats_scan_kwargs
 
 __version__ = '0.1.0'
