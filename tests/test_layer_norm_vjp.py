@@ -68,6 +68,7 @@ def test_large_mean_keeps_precision():
   autodiff = _vjp(F.layer_norm_reference, x, g, b, dy, (1,))
   with jax.enable_x64(True):
     exact = _vjp(F.layer_norm_reference, *(a.astype(jnp.float64) for a in (x, g, b, dy)), (1,))
+    exact = [np.asarray(e) for e in exact]
   for a, r, e in zip(got, autodiff, exact, strict=True):
     err = np.abs(np.asarray(a, np.float64) - e).max()
     err_autodiff = np.abs(np.asarray(r, np.float64) - e).max()
