@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 setup: $(VENV)/.installed
 
 test: setup
-	$(PY) -m pytest -n 2 -q tests
+	$(PY) -m pytest -n 2 --dist loadfile -q tests
 
 lint: setup
 	$(VENV)/bin/ruff format --check .
