@@ -232,7 +232,9 @@ def _layer_norm_params(x, scale, bias, axes):
 #   is written out as a full-size array, and a reduction fusion whose centered
 #   input another fusion also needs writes that input out. `_copies` gives
 #   every fusion its own copy of the small operands, which XLA cannot merge,
-#   so each fusion reads only x, dy and vectors.
+#   so each fusion reads only x, dy and vectors; and its own copy of x, so
+#   that a bfloat16 x is converted inside each fusion instead of once into a
+#   full-size float32 array.
 # * The tangent runs under `jax.checkpoint` with nothing saveable: reverse mode
 #   then keeps only the tangent's inputs (x, the gains, mean and rstd) as
 #   residuals and recomputes xhat inside the backward's fusions. A
@@ -250,12 +252,12 @@ def _copies(value, n: int):
 def _layer_norm_stats(x, scale, bias, axes, eps):
   """``(y, mean, rstd)``: the output and the statistics, two-pass, in float32 or wider."""
   dtype = stats_dtype(x.dtype)
-  xf = x.astype(dtype)
-  mean = jnp.mean(xf, axis=axes, keepdims=True)
+  x1, x2, x3 = (xc.astype(dtype) for xc in _copies(x, 3))
+  mean = jnp.mean(x1, axis=axes, keepdims=True)
   mean_var, mean_y = _copies(mean, 2)
-  var = jnp.mean(jnp.square(xf - mean_var), axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(x2 - mean_var), axis=axes, keepdims=True)
   rstd = jax.lax.rsqrt(var + eps)
-  y = (xf - mean_y) * rstd
+  y = (x3 - mean_y) * rstd
   if scale is not None:
     y = y * scale.astype(dtype)
   if bias is not None:
@@ -266,18 +268,18 @@ def _layer_norm_stats(x, scale, bias, axes, eps):
 def _layer_norm_tangent(axes, x, scale, mean, rstd, x_dot, scale_dot, bias_dot):
   """The tangent of ``y``, linear in ``(x_dot, scale_dot, bias_dot)`` (``None``: zero)."""
   dtype = stats_dtype(x.dtype)
-  xf = x.astype(dtype)
+  x1, x2, x3 = (xc.astype(dtype) for xc in _copies(x, 3))
   m1, m2, m3 = _copies(mean, 3)
   r1, r2, r3, r4 = _copies(rstd, 4)
   y_dot = None
   if x_dot is not None:
     xd = x_dot.astype(dtype)
     mean_xd = jnp.mean(xd, axis=axes, keepdims=True)
-    mean_xhat_xd = jnp.mean((xf - m1) * r1 * xd, axis=axes, keepdims=True)
+    mean_xhat_xd = jnp.mean((x1 - m1) * r1 * xd, axis=axes, keepdims=True)
     gain = r2 if scale is None else r2 * _copies(scale.astype(dtype), 1)[0]
-    y_dot = gain * (xd - mean_xd - (xf - m2) * r3 * mean_xhat_xd)
+    y_dot = gain * (xd - mean_xd - (x2 - m2) * r3 * mean_xhat_xd)
   if scale_dot is not None:
-    term = scale_dot.astype(dtype) * ((xf - m3) * r4)
+    term = scale_dot.astype(dtype) * ((x3 - m3) * r4)
     y_dot = term if y_dot is None else y_dot + term
   if bias_dot is not None:
     term = jnp.broadcast_to(bias_dot.astype(dtype), x.shape)
