@@ -291,9 +291,8 @@ def _layer_norm_tangent(axes, x, scale, mean, rstd, x_dot, scale_dot, bias_dot):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def _layer_norm_fused(x, scale, bias, axes, eps):
-  # Undifferentiated, the plain formula compiles to one fused loop.
-  mean, var = mean_and_variance(x, axes)
-  return normalize(x, mean, var, scale, bias, eps)
+  # Undifferentiated, this compiles to one fused loop.
+  return _layer_norm_stats(x, scale, bias, axes, eps)[0]
 
 
 def _nonzero(tangent):
