@@ -21,6 +21,7 @@ from typing import Any
 #: Experiment name -> module (relative to this package).
 EXPERIMENTS: dict[str, str] = {
   'pmnist': '.pmnist',
+  'skip_thoughts': '.skip_thoughts',
 }
 
 

@@ -331,6 +331,7 @@ def train_loop(
   num_steps: int,
   mesh: Mesh,
   resume_safe: tuple[str, ...] | None = None,
+  eval_at_start: bool = False,
 ) -> dict[str, Any]:
   """Trains, evaluates and checkpoints in ``workdir``, resuming what is there; returns final.json.
 
@@ -348,6 +349,8 @@ def train_loop(
     mesh: the devices' mesh (:func:`lnorm.sharding.make_mesh`).
     resume_safe: config fields that may change on resume (default
       :func:`resume_safe_fields`).
+    eval_at_start: also evaluate the initial state and log it as the row of
+      step 0 (once: a run restarted before its first checkpoint keeps that row).
 
   Returns:
     The contents of ``final.json``: the last row's metrics, ``diverged``
@@ -395,6 +398,10 @@ def train_loop(
   train_time, train_examples = 0.0, 0
   last_row: dict[str, Any] = {}
   diverged_step = None
+  if eval_at_start and start == 0 and not any(r['step'] == 0 for r in read_metrics(workdir)):
+    row = dict(evaluate(state), step=0, epoch=0.0, examples=0, wall_s=time.perf_counter() - t0)
+    writer.write(row)
+    last_row = row
 
   def plan(s: int):
     """Host batches of the steps from ``s`` to the next stop, split into calls."""

@@ -1,0 +1,545 @@
+r"""Skip-thought vectors with a (layer-normalized) GRU encoder, paper §6.3, Table 3, Figure 4.
+
+Kiros et al. (2015): an encoder GRU reads sentence ``s_i``; its last state ``h_i`` is the
+sentence vector; two decoder GRUs predict the previous sentence ``s_{i-1}`` and the next
+sentence ``s_{i+1}`` word by word (teacher forcing), each conditioned on ``h_i``. The
+layer-norm paper compares the plain GRU (``norm='none'``) with the LN-GRU
+(``norm='layer'``, eqs. 26-28, :class:`lnorm.recurrent.GRUCell`) in every GRU, judging
+the encoders by their downstream SentEval scores as training goes on (Figure 4).
+
+The model, with ``E`` the shared word embedding (``[V, D_e]``), ``H`` the GRU size::
+
+  x_t = E[w_t]                                    encoder inputs, t < len(s_i)
+  h_i = GRU_enc(x_1 .. x_n)                       last state at the sentence's own length
+  y_t = E[w_{t-1}] (y_1 = 0)                      decoder inputs (teacher forcing)
+  every_step:     d_t = GRU_dec(d_{t-1}, [y_t; h_i]),  d_0 = 0
+  initial_state:  d_t = GRU_dec(d_{t-1}, y_t),         d_0 = h_i
+  p(w_t | w_<t, s_i) = softmax(W_o d_t + b_o)     full softmax over the V words, W_o shared
+
+``every_step`` is Kiros et al.'s paper: ``h_i`` enters every gate and the candidate of
+every decoder step through its own matrix (``C_z h_i``, ``C_r h_i``, ``C h_i``);
+concatenating ``[y_t; h_i]`` as the cell's input gives exactly those terms (the input
+kernel's rows for ``h_i`` are the ``C`` matrices). With LN the sum ``W y_t + C h_i`` is
+normalized as one pre-activation. ``initial_state`` is their public code (and, as the LN
+paper notes, differs from their paper): ``h_i`` is only the decoders' first state.
+
+Loss: the negative log-likelihood of both target sentences, summed over real tokens
+(each sentence ends with ``<eos>``) and divided by their number (per-token NLL); padded
+positions are masked out, and the encoder reads with ``seq_lengths``, so padding never
+changes a result. Adam, gradient clipping by global norm at 5, sentences cut to 30 ids
+(29 words + ``<eos>``), every batch padded to 30: one static shape under jit (bucketing
+would save little here, since the three sentences of a triple have unrelated lengths).
+
+Data: (previous, current, next) triples of :mod:`lnorm.data.books` from
+``config.data_dir`` (default ``$LNORM_DATA_DIR/books``). The first run in a workdir
+tokenizes the books once (:func:`lnorm.text.tokenize`), builds the vocabulary (the
+``vocab_size`` most frequent words of the corpus, plus ``<pad>``, ``<eos>``, ``<unk>``) and
+saves ``vocab.json`` and ``corpus.npz`` (token ids) in the workdir; a resumed run reads
+them back. ``num_valid`` triples (a seeded choice) are held out for ``valid/nll``.
+
+Evaluation (:func:`make_encoder`, :func:`senteval_metrics`): the sentence vector
+``h_i`` of the current parameters feeds :mod:`lnorm.senteval` on
+``config.senteval_tasks`` at step 0 (the untrained encoder), every
+``senteval_every_steps`` and at the last step, logged as ``senteval/MR``, ...,
+``senteval/SICK_r``. :func:`evaluate_checkpoint` (``scripts/skip_thoughts_eval.py``)
+does the same for any checkpoint of a workdir, by default with the full protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lnorm import checkpoints as ckpt_lib
+from lnorm import config_args, senteval, sharding, training
+from lnorm import text as text_lib
+from lnorm.data import senteval as senteval_data
+from lnorm.recurrent import GRU_NORMS, GRUCell
+
+CONDITIONINGS = ('every_step', 'initial_state')
+VOCAB_FILE = 'vocab.json'
+CORPUS_FILE = 'corpus.npz'
+#: Fields that change neither the data order nor the updates (beyond the trainer's own).
+EVAL_FIELDS = (
+  'num_steps',
+  'senteval_dir',
+  'senteval_tasks',
+  'senteval_every_steps',
+  'senteval_folds',
+  'senteval_inner_folds',
+  'senteval_max_examples',
+  'eval_batch_size',
+)
+
+
+# ----------------------------------------------------------------------------------------
+# Model.
+
+
+class SkipThoughts(nn.Module):
+  """Encoder GRU and two conditioned decoder GRUs over a shared embedding (module docstring).
+
+  Attributes:
+    vocab_size: ``V``, the number of ids (words plus the reserved ones).
+    embed_dim: ``D_e``, the word embedding size.
+    hidden_dim: ``H``, the GRU size of the encoder and both decoders.
+    norm: ``'none'`` or ``'layer'``, for every GRU.
+    conditioning: ``'every_step'`` or ``'initial_state'``.
+    epsilon: layer norm's epsilon.
+  """
+
+  vocab_size: int
+  embed_dim: int = 620
+  hidden_dim: int = 2400
+  norm: str = 'layer'
+  conditioning: str = 'every_step'
+  epsilon: float = 1e-5
+
+  def setup(self):
+    init = nn.initializers.uniform(0.2)  # U[0, 0.2) shifted below: U[-0.1, 0.1) as Kiros et al.
+    self.embed = nn.Embed(
+      self.vocab_size, self.embed_dim, embedding_init=lambda k, s, d: init(k, s, d) - 0.1
+    )
+
+    def cell():
+      return GRUCell(self.hidden_dim, norm=self.norm, epsilon=self.epsilon)
+
+    self.encoder = nn.RNN(cell(), return_carry=True, name='encoder')
+    self.decoder_prev = nn.RNN(cell(), name='decoder_prev')
+    self.decoder_next = nn.RNN(cell(), name='decoder_next')
+    self.output = nn.Dense(self.vocab_size, name='output')
+
+  def encode(self, ids: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Sentence vectors: ``<int32>[batch, time]`` ids, ``<int32>[batch]`` lengths (>= 1)
+    -> ``<float32>[batch, hidden_dim]``, the encoder's state after ``lengths[b]`` words."""
+    carry, _ = self.encoder(self.embed(ids), seq_lengths=lengths)
+    return carry
+
+  def decode(self, which: str, vectors: jax.Array, targets: jax.Array) -> jax.Array:
+    """Teacher-forced logits ``<float32>[batch, time, vocab]`` of ``<int32>[batch, time]`` targets.
+
+    The input at step ``t`` is the embedding of ``targets[:, t - 1]`` (zeros at ``t = 0``),
+    concatenated with ``vectors`` ``<float32>[batch, hidden]`` (``every_step``), or
+    ``vectors`` is the initial state (``initial_state``).
+    """
+    decoder = self.decoder_prev if which == 'prev' else self.decoder_next
+    y = self.embed(targets)
+    y = jnp.concatenate([jnp.zeros_like(y[:, :1]), y[:, :-1]], axis=1)
+    if self.conditioning == 'every_step':
+      cond = jnp.broadcast_to(vectors[:, None, :], (*y.shape[:2], vectors.shape[-1]))
+      states = decoder(jnp.concatenate([y, cond.astype(y.dtype)], axis=-1))
+    else:
+      states = decoder(y, initial_carry=vectors)
+    return self.output(states)
+
+  def __call__(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Logits of the previous and the next sentence, each ``<float32>[batch, time, vocab]``.
+
+    ``batch`` holds ``<int32>[batch, time]`` ids ``prev``, ``cur``, ``next`` and their
+    ``<int32>[batch]`` lengths ``prev_len``, ``cur_len``, ``next_len``.
+    """
+    vectors = self.encode(batch['cur'], batch['cur_len'])
+    return self.decode('prev', vectors, batch['prev']), self.decode('next', vectors, batch['next'])
+
+
+def make_model(config: ml_collections.ConfigDict, vocab_size: int) -> SkipThoughts:
+  """The model of ``config`` for a vocabulary of ``vocab_size`` ids."""
+  return SkipThoughts(
+    vocab_size=vocab_size,
+    embed_dim=config.embed_dim,
+    hidden_dim=config.hidden_dim,
+    norm=config.norm,
+    conditioning=config.decoder_conditioning,
+    epsilon=config.norm_epsilon,
+  )
+
+
+def token_nll(logits: jax.Array, targets: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ...]:
+  """Per-sentence summed NLL ``<float32>[batch]`` and token counts ``<float32>[batch]``.
+
+  Positions ``t >= lengths[b]`` are masked out.
+  """
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  mask = jnp.arange(targets.shape[1])[None, :] < lengths[:, None]
+  return jnp.sum(jnp.where(mask, nll, 0.0), axis=1), jnp.sum(mask, axis=1).astype(jnp.float32)
+
+
+def make_loss_fn(model: SkipThoughts) -> training.LossFn:
+  """``(params, batch_stats, batch, rng) -> (per-token NLL, ({prev_nll, next_nll}, {}))``."""
+
+  def loss_fn(params, batch_stats, batch, rng):
+    del rng  # Deterministic.
+    logits_prev, logits_next = model.apply({'params': params}, batch)
+    sp, np_ = token_nll(logits_prev, batch['prev'], batch['prev_len'])
+    sn, nn_ = token_nll(logits_next, batch['next'], batch['next_len'])
+    loss = (sp.sum() + sn.sum()) / (np_.sum() + nn_.sum())
+    return loss, ({'prev_nll': sp.sum() / np_.sum(), 'next_nll': sn.sum() / nn_.sum()}, batch_stats)
+
+  return loss_fn
+
+
+def make_eval_fn(model: SkipThoughts):
+  """A jitted ``(state, batch) -> {'nll_sum', 'tokens'}``, each ``<float32>[batch]``."""
+
+  @jax.jit
+  def eval_fn(state, batch):
+    logits_prev, logits_next = model.apply({'params': state.params}, batch)
+    sp, np_ = token_nll(logits_prev, batch['prev'], batch['prev_len'])
+    sn, nn_ = token_nll(logits_next, batch['next'], batch['next_len'])
+    return {'nll_sum': sp + sn, 'tokens': np_ + nn_}
+
+  return eval_fn
+
+
+def init_params(model: SkipThoughts, seed: int, max_length: int) -> Any:
+  """The initial parameters (from ``key(seed)``), on the host."""
+  ids = jnp.ones((1, max_length), jnp.int32)
+  n = jnp.ones((1,), jnp.int32)
+  batch = {'prev': ids, 'cur': ids, 'next': ids, 'prev_len': n, 'cur_len': n, 'next_len': n}
+  return model.init(jax.random.key(seed), batch)['params']
+
+
+# ----------------------------------------------------------------------------------------
+# Data.
+
+
+def read_corpus(
+  data_dir: str | os.PathLike, layout: str = 'auto'
+) -> tuple[list[list[str]], np.ndarray]:
+  """Tokenized sentences of every book and the triples' centers.
+
+  Returns:
+    ``(tokens, centers)``: the sentences of all books in order (lowercased tokens), and
+    ``int64[M]`` the positions ``c`` of the triples' current sentences: ``c - 1`` and
+    ``c + 1`` are in the same book (triples never cross books).
+  """
+  from lnorm.data import books
+
+  tokens, centers = [], []
+  for path in books.book_files(data_dir):
+    sentences = books.book_sentences(path, layout)
+    start = len(tokens)
+    tokens.extend(text_lib.tokenize(s) for s in sentences)
+    centers.extend(range(start + 1, start + len(sentences) - 1))
+  if not centers:
+    raise ValueError(f'no sentence triples in the books under {data_dir!r}.')
+  return tokens, np.asarray(centers, np.int64)
+
+
+def encode_corpus(
+  tokens: Sequence[Sequence[str]], vocab: text_lib.Vocabulary, max_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Ids ``int32[N, max_length]`` (words cut to ``max_length - 1``, then ``<eos>``, then
+  ``<pad>``) and lengths ``int32[N]`` (including ``<eos>``, so >= 1)."""
+  seqs = [vocab.encode(t, add_eos=True, max_length=max_length) for t in tokens]
+  return text_lib.pad_batch(seqs, length=max_length)
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  """The corpus as token ids, built once and cached in ``workdir`` (module docstring).
+
+  Returns:
+    ``{'vocab', 'ids' int32[N, T], 'lengths' int32[N], 'train' int64[M_train],
+    'valid' int64[M_valid]}``; ``train``/``valid`` hold triple centers.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  vocab_path, corpus_path = workdir / VOCAB_FILE, workdir / CORPUS_FILE
+  if vocab_path.exists() and corpus_path.exists():
+    vocab = text_lib.Vocabulary.load(vocab_path)
+    with np.load(corpus_path) as f:
+      ids, lengths, centers = f['ids'], f['lengths'], f['centers']
+    logging.info('Read the vocabulary and corpus cached in %s.', workdir)
+  else:
+    tic = time.perf_counter()
+    tokens, centers = read_corpus(config.data_dir, config.data_layout)
+    if vocab_path.exists():
+      vocab = text_lib.Vocabulary.load(vocab_path)  # The saved one wins (resume).
+    else:
+      vocab = text_lib.Vocabulary.build(tokens, config.vocab_size)
+      vocab.save(vocab_path)
+    ids, lengths = encode_corpus(tokens, vocab, config.max_length)
+    tmp = corpus_path.with_suffix('.tmp.npz')
+    np.savez(tmp, ids=ids, lengths=lengths, centers=centers)
+    os.replace(tmp, corpus_path)
+    logging.info(
+      'Corpus: %d sentences, %d triples, %d words in the vocabulary (%.0fs).',
+      len(ids), len(centers), len(vocab), time.perf_counter() - tic,
+    )  # fmt: skip
+  if ids.shape[1] != config.max_length:
+    raise ValueError(f'{corpus_path} holds sentences of {ids.shape[1]} ids, not max_length.')
+  order = np.random.default_rng(config.split_seed).permutation(len(centers))
+  num_valid = min(config.num_valid, len(centers) // 2)
+  return {
+    'vocab': vocab,
+    'ids': ids,
+    'lengths': lengths,
+    'valid': np.sort(centers[order[:num_valid]]),
+    'train': np.sort(centers[order[num_valid:]]),
+  }
+
+
+def triple_batch(data: dict, centers: np.ndarray) -> dict[str, np.ndarray]:
+  """The arrays of the triples centered at ``centers`` (any shape ``S``): ids ``[*S, T]``,
+  lengths ``[*S]`` for ``prev``, ``cur``, ``next``."""
+  ids, lengths = data['ids'], data['lengths']
+  out = {}
+  for name, offset in (('prev', -1), ('cur', 0), ('next', 1)):
+    out[name] = ids[centers + offset]
+    out[f'{name}_len'] = lengths[centers + offset]
+  return out
+
+
+# ----------------------------------------------------------------------------------------
+# Sentence vectors and SentEval.
+
+
+def make_encoder(
+  model: SkipThoughts,
+  params: Any,
+  vocab: text_lib.Vocabulary,
+  max_length: int = 30,
+  batch_size: int = 256,
+  bucket_width: int = 10,
+) -> senteval.Encoder:
+  """``encode(list[str]) -> float32[N, H]``: the encoder's vectors of raw sentences.
+
+  Sentences are tokenized like the corpus, cut to ``max_length - 1`` words plus
+  ``<eos>``, sorted by length and cut into batches of ``batch_size`` padded to a bucket
+  length (multiples of ``bucket_width``): a few static shapes under jit. The empty
+  sentence is just ``<eos>``.
+  """
+  boundaries = text_lib.bucket_boundaries(max_length, bucket_width)
+
+  @jax.jit
+  def apply(params, ids, lengths):
+    return model.apply({'params': params}, ids, lengths, method=SkipThoughts.encode)
+
+  def encode(sentences: list[str]) -> np.ndarray:
+    seqs = [vocab.encode(text_lib.tokenize(s), add_eos=True, max_length=max_length)
+            for s in sentences]  # fmt: skip
+    order = np.argsort([len(s) for s in seqs], kind='stable')
+    out = np.zeros((len(seqs), model.hidden_dim), np.float32)
+    for start in range(0, len(seqs), batch_size):
+      idx = order[start : start + batch_size]
+      chunk = [seqs[i] for i in idx]
+      chunk += [np.asarray([text_lib.EOS_ID], np.int32)] * (batch_size - len(chunk))
+      ids, lengths = text_lib.pad_batch(chunk, boundaries=boundaries)
+      out[idx] = np.asarray(apply(params, ids, lengths))[: len(idx)]
+    return out
+
+  return encode
+
+
+def parse_tasks(tasks: str | Sequence[str]) -> tuple[str, ...]:
+  """``'MR,SICK'`` -> ``('MR', 'SICK')``; '' -> ``()``; unknown names raise a ValueError."""
+  names = tasks.split(',') if isinstance(tasks, str) else list(tasks)
+  names = tuple(t.strip().upper() for t in names if t.strip())
+  for t in names:
+    config_args.check_choice('senteval_tasks entry', t, senteval_data.TASKS)
+  return names
+
+
+def senteval_results(
+  encode: senteval.Encoder,
+  data_dir: str | os.PathLike,
+  tasks: Sequence[str],
+  folds: int = 10,
+  inner_folds: int = 5,
+  max_examples: int = 0,
+  seed: int = 0,
+) -> dict:
+  """:func:`lnorm.senteval.evaluate_task` for each task: ``{task: result}``."""
+  results = {}
+  for task in tasks:
+    results[task] = senteval.evaluate_task(
+      encode, data_dir, task, n_folds=folds, inner_folds=inner_folds, seed=seed,
+      batch_size=8192, max_examples=max_examples or None,
+    )  # fmt: skip
+    logging.info('SentEval %s: %.1fs', task, results[task]['seconds'])
+  return results
+
+
+# ----------------------------------------------------------------------------------------
+# Config checks and training.
+
+
+def default_data_dir(name: str) -> str | None:
+  """``$LNORM_DATA_DIR/<name>``, else ``../shared/data/<name>`` next to the repo, if it exists."""
+  root = os.environ.get('LNORM_DATA_DIR')
+  candidates = [pathlib.Path(root) / name] if root else []
+  candidates.append(pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / name)
+  for c in candidates:
+    if c.is_dir():
+      return str(c)
+  return None
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError naming the field and the allowed values if ``config`` is invalid."""
+  if config.experiment != 'skip_thoughts':
+    raise ValueError(
+      f"experiment must be 'skip_thoughts' for this module; got {config.experiment!r}."
+    )
+  config_args.check_choice('norm', config.norm, GRU_NORMS)
+  config_args.check_choice('decoder_conditioning', config.decoder_conditioning, CONDITIONINGS)
+  config_args.check_choice('data_layout', config.data_layout, ('auto', 'text', 'lines'))
+  training.check_training_config(config)
+  for name in ('embed_dim', 'hidden_dim', 'vocab_size', 'eval_batch_size'):
+    config_args.check_int(name, config[name], minimum=1)
+  config_args.check_int('max_length', config.max_length, minimum=2)
+  for name in ('num_steps', 'num_valid', 'senteval_every_steps', 'senteval_max_examples'):
+    config_args.check_int(name, config[name], minimum=0)
+  config_args.check_int('split_seed', config.split_seed)
+  config_args.check_int('senteval_folds', config.senteval_folds, minimum=2)
+  config_args.check_int('senteval_inner_folds', config.senteval_inner_folds, minimum=2)
+  config_args.check_positive('norm_epsilon', config.norm_epsilon)
+  parse_tasks(config.senteval_tasks)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains the model of ``config`` in ``workdir`` (resuming what is there); returns final.json."""
+  check_config(config)
+  if not config.data_dir:
+    raise ValueError(
+      'data_dir is not set and $LNORM_DATA_DIR/books was not found: set data_dir=... to a '
+      'directory of books (e.g. ../shared/data/books).'
+    )
+  data = prepare_data(config, workdir)
+  return train_on_data(config, workdir, data)
+
+
+def train_on_data(config: ml_collections.ConfigDict, workdir: str, data: dict) -> dict[str, Any]:
+  """:func:`train_and_evaluate` on data from :func:`prepare_data`."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  train_centers = data['train']
+  num_examples, batch_size = len(train_centers), config.batch_size
+  steps_per_epoch = num_examples // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'batch_size={batch_size} exceeds the {num_examples} training triples.')
+  num_steps = config.num_steps or config.num_epochs * steps_per_epoch
+  tasks = parse_tasks(config.senteval_tasks)
+  if tasks and not config.senteval_dir:
+    logging.warning('senteval_dir is not set: no SentEval evaluation during training.')
+    tasks = ()
+
+  model = make_model(config, len(data['vocab']))
+  tx, _ = training.make_optimizer(config, num_steps)
+  eval_fn = make_eval_fn(model)
+  eval_batch = -(-config.eval_batch_size // mesh.size) * mesh.size
+  valid = triple_batch(data, data['valid']) if len(data['valid']) else None
+
+  def init_state():
+    params = init_params(model, config.seed, config.max_length)
+    state = training.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    return sharding.replicate(state, mesh)
+
+  def get_batches(step, n):
+    idx = training.batch_indices(config.seed, step, n, num_examples, batch_size)
+    return triple_batch(data, train_centers[idx])
+
+  def evaluate(state):
+    out = {}
+    if valid is not None:
+      sums = training.evaluate_arrays(eval_fn, state, valid, eval_batch, mesh)
+      out['valid/nll'] = sums['nll_sum'] / sums['tokens']
+    step = int(state.step)
+    every = config.senteval_every_steps
+    if tasks and (step == 0 or step == num_steps or (every and step % every == 0)):
+      tic = time.perf_counter()
+      encode = make_encoder(model, state.params, data['vocab'], config.max_length)
+      results = senteval_results(
+        encode, config.senteval_dir, tasks, config.senteval_folds, config.senteval_inner_folds,
+        config.senteval_max_examples,
+      )  # fmt: skip
+      out.update(senteval.flat_metrics(results))
+      out['senteval/seconds'] = time.perf_counter() - tic
+    return out
+
+  safe = training.resume_safe_fields(config) + EVAL_FIELDS
+  return training.train_loop(
+    config=config,
+    workdir=workdir,
+    init_state=init_state,
+    loss_fn=make_loss_fn(model),
+    get_batches=get_batches,
+    evaluate=evaluate,
+    steps_per_epoch=steps_per_epoch,
+    num_steps=num_steps,
+    mesh=mesh,
+    resume_safe=safe,
+    eval_at_start=True,
+  )
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluating a checkpoint.
+
+
+def load_checkpoint(workdir: str | os.PathLike, step: int | None = None):
+  """``(config, model, params, vocab, step)`` of checkpoint ``step`` (default: the latest)."""
+  workdir = pathlib.Path(workdir)
+  saved = ckpt_lib.read_json(workdir / ckpt_lib.CONFIG_FILE)
+  if saved is None:
+    raise FileNotFoundError(f'{workdir} holds no {ckpt_lib.CONFIG_FILE}: not a run directory.')
+  config = ml_collections.ConfigDict(saved)
+  vocab = text_lib.Vocabulary.load(workdir / VOCAB_FILE)
+  model = make_model(config, len(vocab))
+  checkpointer = ckpt_lib.Checkpointer(workdir / ckpt_lib.CHECKPOINT_DIR)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise FileNotFoundError(f'{workdir} holds no checkpoint.')
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise ValueError(f'{workdir} has no checkpoint of step {step}; it has {steps}.')
+    tx, _ = training.make_optimizer(config, max(1, config.num_steps))
+    params = init_params(model, config.seed, config.max_length)
+    like = training.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    state, _ = checkpointer.restore(step, like)
+  finally:
+    checkpointer.close()
+  return config, model, state.params, vocab, step
+
+
+def evaluate_checkpoint(
+  workdir: str | os.PathLike,
+  step: int | None = None,
+  senteval_dir: str | os.PathLike | None = None,
+  tasks: str | Sequence[str] = senteval_data.TASKS,
+  folds: int = 10,
+  inner_folds: int = 5,
+  max_examples: int = 0,
+) -> dict:
+  """SentEval on checkpoint ``step`` of ``workdir``; also written to ``senteval-<step>.json``.
+
+  Returns:
+    ``{'step', 'tasks', 'results' ({task: result}), 'metrics' (flat)}``.
+  """
+  config, model, params, vocab, step = load_checkpoint(workdir, step)
+  senteval_dir = senteval_dir or config.get('senteval_dir') or default_data_dir('senteval')
+  if not senteval_dir:
+    raise ValueError('no SentEval directory: pass senteval_dir (e.g. ../shared/data/senteval).')
+  encode = make_encoder(model, params, vocab, config.max_length)
+  tasks = parse_tasks(tasks)
+  results = senteval_results(encode, senteval_dir, tasks, folds, inner_folds, max_examples)
+  protocol = {'folds': folds, 'inner_folds': inner_folds, 'max_examples': max_examples}
+  metrics = senteval.flat_metrics(results)
+  out = {'step': step, 'tasks': list(tasks), 'protocol': protocol, 'results': results}
+  out['metrics'] = metrics
+  path = pathlib.Path(workdir) / f'senteval-{step}.json'
+  path.write_text(json.dumps(out, indent=1, default=float) + '\n')
+  return out

@@ -1,0 +1,248 @@
+"""The skip-thoughts experiment: corpus cache, model, padding, learning, SentEval, end to end.
+
+Everything runs on files the tests write: two small books and tiny SentEval sets in
+SentEval's layout. The end-to-end run goes through ``python -m lnorm.main`` with the
+``smoke`` config.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))  # configs/ and experiments/ live at the root.
+
+from configs import skip_thoughts as st_config  # noqa: E402
+from experiments import skip_thoughts as st  # noqa: E402
+from lnorm import metrics, training  # noqa: E402
+from lnorm import text as text_lib  # noqa: E402
+
+GUTENBERG = """\
+The Project Gutenberg EBook of Cats, by Nobody
+
+*** START OF THE PROJECT GUTENBERG EBOOK CATS ***
+
+{body}
+
+*** END OF THE PROJECT GUTENBERG EBOOK CATS ***
+
+This licence text is not part of the book.
+"""
+
+SUBJECTS = ('the cat', 'a dog', 'my sister', 'the old man', 'her friend', 'the captain')
+VERBS = ('saw', 'liked', 'followed', 'ignored', 'painted', 'heard')
+OBJECTS = ('the garden', 'a red house', 'the sea', 'his letter', 'the long road', 'a bird')
+POSITIVE = ('good', 'great', 'lovely', 'fine', 'wonderful', 'charming')
+NEGATIVE = ('bad', 'awful', 'dull', 'poor', 'terrible', 'boring')
+
+
+def _sentence(i: int) -> str:
+  s = f'{SUBJECTS[i % 6]} {VERBS[(i // 6) % 6]} {OBJECTS[(i // 36) % 6]}'
+  return s[0].upper() + s[1:] + '.'
+
+
+def write_books(root: pathlib.Path) -> pathlib.Path:
+  """Two books: Gutenberg-style prose (40 sentences) and one sentence per line (30)."""
+  root.mkdir(parents=True, exist_ok=True)
+  # Hard-wrapped paragraphs, as Gutenberg prints them (so the layout is detected as text).
+  paragraphs = [
+    textwrap.fill(' '.join(_sentence(i + j) for j in range(4)), 50) for i in range(0, 40, 4)
+  ]
+  (root / 'prose.txt').write_text(GUTENBERG.format(body='\n\n'.join(paragraphs)))
+  (root / 'lines.txt').write_text('\n'.join(_sentence(7 * i + 3) for i in range(30)) + '\n')
+  return root
+
+
+def write_senteval(root: pathlib.Path) -> pathlib.Path:
+  """MR (60 + 60 sentences, sentiment words) and SICK (40/10/20 pairs) in SentEval's layout."""
+  rng = np.random.default_rng(0)
+  (root / 'MR').mkdir(parents=True, exist_ok=True)
+  for name, words in (('pos', POSITIVE), ('neg', NEGATIVE)):
+    lines = [f'{SUBJECTS[rng.integers(6)]} was {words[rng.integers(6)]} .' for _ in range(60)]
+    (root / 'MR' / f'rt-polarity.{name}').write_text('\n'.join(lines) + '\n', encoding='latin-1')
+  (root / 'SICK').mkdir(parents=True, exist_ok=True)
+  header = 'pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment'
+  pid = 0
+  for name, n in (('SICK_train.txt', 40), ('SICK_trial.txt', 10), ('SICK_test_annotated.txt', 20)):
+    rows = [header]
+    for _ in range(n):
+      pid += 1
+      a, b = _sentence(int(rng.integers(200))), _sentence(int(rng.integers(200)))
+      score = 1.0 + 4.0 * rng.random()
+      rows.append(f'{pid}\t{a}\t{b}\t{score:.2f}\tNEUTRAL')
+    (root / 'SICK' / name).write_text('\n'.join(rows) + '\n')
+  return root
+
+
+@pytest.fixture(scope='module')
+def data_dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('data')
+  return write_books(root / 'books'), write_senteval(root / 'senteval')
+
+
+def _config(data_dirs, arg=''):
+  books, senteval = data_dirs
+  return st_config.get_config(f'smoke,data_dir={books},senteval_dir={senteval},{arg}')
+
+
+def test_corpus_triples_stay_in_books_and_are_cached(tmp_path, data_dirs):
+  tokens, centers = st.read_corpus(data_dirs[0])
+  assert len(tokens) == 70 and len(centers) == 66  # 40 + 30 sentences, n - 2 triples each.
+  assert 'licence' not in {t for s in tokens for t in s}  # The Gutenberg footer is gone.
+  books = np.repeat([0, 1], [30, 40])  # 'lines.txt' sorts before 'prose.txt'.
+  assert np.all(books[centers - 1] == books[centers]) and np.all(
+    books[centers + 1] == books[centers]
+  )
+  config = _config(data_dirs)
+  data = st.prepare_data(config, tmp_path)
+  assert (tmp_path / st.VOCAB_FILE).exists() and (tmp_path / st.CORPUS_FILE).exists()
+  assert data['ids'].shape == (70, config.max_length) and data['ids'].dtype == np.int32
+  assert len(data['train']) + len(data['valid']) == 66 and len(data['valid']) == config.num_valid
+  assert not set(data['train']) & set(data['valid'])
+  # Each sentence ends with <eos>, then padding.
+  for ids, n in zip(data['ids'], data['lengths'], strict=True):
+    assert ids[n - 1] == text_lib.EOS_ID and np.all(ids[n:] == text_lib.PAD_ID)
+  batch = st.triple_batch(data, data['train'][:3])
+  np.testing.assert_array_equal(batch['prev'], data['ids'][data['train'][:3] - 1])
+  assert batch['cur'].shape == (3, config.max_length) and batch['next_len'].shape == (3,)
+  # A second call reads the cache, whatever data_dir says now (resume uses the saved data).
+  config.data_dir = str(tmp_path / 'gone')
+  again = st.prepare_data(config, tmp_path)
+  assert again['vocab'] == data['vocab']
+  np.testing.assert_array_equal(again['ids'], data['ids'])
+
+
+def _model_and_params(norm='layer', conditioning='every_step', vocab=50, max_length=12):
+  model = st.SkipThoughts(vocab, 8, 16, norm=norm, conditioning=conditioning)
+  return model, st.init_params(model, 0, max_length)
+
+
+@pytest.mark.parametrize('norm', ['none', 'layer'])
+def test_padding_never_changes_vectors_or_losses(norm):
+  model, params = _model_and_params(norm)
+  seqs = [[5, 6, 7, 1], [8, 1], [9, 10, 11, 12, 13, 14, 1]]
+  ids, lengths = text_lib.pad_batch(seqs, length=12)
+  encode = jax.jit(lambda ids, n: model.apply({'params': params}, ids, n, method=model.encode))
+  batch_vectors = encode(ids, lengths)
+  garbage = np.where(ids == text_lib.PAD_ID, 17, ids)  # Padding holding other ids.
+  np.testing.assert_allclose(encode(garbage, lengths), batch_vectors, atol=1e-6)
+  for b, s in enumerate(seqs):  # Each sentence alone, without any padding.
+    alone = encode(np.asarray([s], np.int32), np.asarray([len(s)], np.int32))
+    np.testing.assert_allclose(alone[0], batch_vectors[b], rtol=1e-5, atol=1e-6)
+  # The loss of a triple does not depend on the padded length either.
+  loss_fn = st.make_loss_fn(model)
+
+  def loss(length):
+    p, pl = text_lib.pad_batch(seqs, length=length)
+    c, cl = text_lib.pad_batch(seqs[::-1], length=length)
+    b = {'prev': p, 'prev_len': pl, 'cur': c, 'cur_len': cl, 'next': c, 'next_len': cl}
+    return float(loss_fn(params, {}, b, None)[0])
+
+  assert loss(7) == pytest.approx(loss(12), rel=1e-5)
+
+
+@pytest.mark.parametrize('conditioning', st.CONDITIONINGS)
+def test_conditioning_modes(conditioning):
+  model, params = _model_and_params('layer', conditioning)
+  kernel = params['decoder_next']['cell']['input_kernel']
+  assert kernel.shape[0] == (8 + 16 if conditioning == 'every_step' else 8)
+  ids, lengths = text_lib.pad_batch([[5, 6, 1], [7, 1]], length=12)
+  batch = {'prev': ids, 'prev_len': lengths, 'cur': ids, 'cur_len': lengths}
+  batch.update(next=ids, next_len=lengths)
+  logits_prev, logits_next = model.apply({'params': params}, batch)
+  assert logits_prev.shape == logits_next.shape == (2, 12, 50)
+  # The decoders depend on the sentence vector.
+  other = dict(batch, cur=np.roll(ids, 1, axis=0), cur_len=np.roll(lengths, 1))
+  assert not np.allclose(model.apply({'params': params}, other)[1], logits_next)
+
+
+def test_loss_decreases_on_a_tiny_repeated_corpus():
+  config = st_config.get_config('smoke,lr=0.01')
+  rng = np.random.default_rng(0)
+  seqs = [list(rng.integers(3, 50, rng.integers(2, 8))) + [text_lib.EOS_ID] for _ in range(6)]
+  ids, lengths = text_lib.pad_batch(seqs, length=12)
+  data = {'ids': ids, 'lengths': lengths}
+  batch = st.triple_batch(data, np.array([1, 2, 3, 4, 1, 2, 3, 4]))
+  model, params = _model_and_params('layer')
+  tx, schedule = training.make_optimizer(config, 100)
+  state = training.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  step = jax.jit(training.make_train_step(st.make_loss_fn(model), schedule))
+  losses = []
+  for _ in range(40):
+    state, m = step(state, batch, jax.random.key(0))
+    losses.append(float(m['loss']))
+  assert losses[-1] < 0.5 * losses[0], losses[::10]
+  assert all(np.isfinite(losses))
+
+
+def test_encoder_and_senteval_on_a_small_slice(data_dirs):
+  vocab = text_lib.Vocabulary.build([s.split() for s in ('the cat was good', 'a dog bad')], 20)
+  model, params = _model_and_params('layer', vocab=len(vocab))
+  encode = st.make_encoder(model, params, vocab, max_length=12, batch_size=4)
+  vectors = encode(['the cat was good .', '', 'a dog was bad and the cat was bad too and more'])
+  assert vectors.shape == (3, 16) and np.all(np.isfinite(vectors))
+  one = encode(['the cat was good .'])
+  np.testing.assert_allclose(one[0], vectors[0], rtol=1e-5, atol=1e-6)  # Batch-independent.
+  results = st.senteval_results(encode, data_dirs[1], ['MR', 'SICK'], 2, 2, max_examples=60)
+  assert 0 <= results['MR']['accuracy'] <= 100 and results['MR']['n'] == 60
+  assert -1 <= results['SICK']['pearson'] <= 1
+
+
+@pytest.mark.parametrize(
+  'arg, match',
+  [
+    ('norm=batch', "norm must be one of 'none', 'layer'"),
+    ('conditioning=sometimes', 'decoder_conditioning must be one of'),
+    ('size=huge', 'size must be one of'),
+    ('tasks=MR+FOO', "senteval_tasks entry must be one of .*got 'FOO'"),
+    ('batch_size=-2', 'batch_size must be an integer >= 1'),
+    ('steps=-1', 'num_steps must be an integer >= 0'),
+    ('lr=0', 'learning_rate must be a positive number'),
+    ('colour=red', "unknown config arg 'colour'"),
+  ],
+)
+def test_bad_config_values_fail_clearly(arg, match):
+  with pytest.raises(ValueError, match=match):
+    st_config.get_config(f'smoke,{arg}')
+
+
+def test_check_config_catches_overrides():
+  config = st_config.get_config('smoke')
+  config.max_length = 1
+  with pytest.raises(ValueError, match='max_length must be an integer >= 2'):
+    st.check_config(config)
+
+
+def test_end_to_end_through_main_and_evaluate_checkpoint(tmp_path, data_dirs):
+  books, senteval = data_dirs
+  workdir = tmp_path / 'run'
+  arg = f'smoke,steps=4,data_dir={books},senteval_dir={senteval},tasks=MR+SICK'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', LNORM_JAX_CACHE=str(tmp_path / 'cache'))
+  env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
+  cmd = [sys.executable, '-m', 'lnorm.main', f'--config=configs/skip_thoughts.py:{arg}',
+         f'--workdir={workdir}']  # fmt: skip
+  proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = metrics.read_metrics(workdir)
+  assert [r['step'] for r in rows] == [0, 2, 4]
+  for step in (0, 4):  # The untrained encoder first, then every senteval_every_steps (4).
+    row = next(r for r in rows if r['step'] == step)
+    assert 0 <= row['senteval/MR'] <= 100 and -1 <= row['senteval/SICK_r'] <= 1
+    assert np.isfinite(row['valid/nll'])
+  assert 'train/loss' in rows[1] and 'senteval/MR' not in rows[1]
+  final = json.loads((workdir / 'final.json').read_text())
+  assert final['step'] == 4 and not final['diverged'] and final['train_examples_per_s'] > 0
+  assert (workdir / 'vocab.json').exists() and (workdir / 'corpus.npz').exists()
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == [4]
+  # Any checkpoint can be evaluated afterwards; the result lands in the workdir.
+  out = st.evaluate_checkpoint(workdir, tasks='MR', folds=2, inner_folds=2, max_examples=60)
+  assert out['step'] == 4 and 0 <= out['metrics']['senteval/MR'] <= 100
+  assert json.loads((workdir / 'senteval-4.json').read_text())['step'] == 4
