@@ -56,7 +56,7 @@ Encoder = Callable[[list[str]], np.ndarray]
 
 # Inverse L2 penalties of the logistic regression (sklearn's C: the penalty is
 # ||w||^2 / (2 C) against the summed log loss), tried by inner CV on standardized features.
-DEFAULT_CS = tuple(2.0**k for k in range(-10, 1, 2))  # 1/1024 ... 1
+DEFAULT_CS = tuple(2.0**k for k in range(-12, 3, 2))  # 1/4096 ... 4
 # L2 penalties of the SICK softmax regression, chosen on the trial set.
 DEFAULT_L2 = tuple(10.0**k for k in range(-5, 1))  # 1e-5 ... 1
 SCORES = np.arange(1.0, 6.0)  # r = (1, 2, 3, 4, 5)
