@@ -31,6 +31,11 @@ demo: setup
 	$(PY) scripts/compare.py runs/demo/norm-* --metrics train/loss,test/error --x epoch --logy \
 		--title 'pMNIST, embedded 5k subset' --out runs/demo/compare
 
+# Speed, as ratios measured in one process (writes results/bench.md and .json; ~10 min).
+bench: setup
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[bench]'
+	$(PY) scripts/bench.py
+
 lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .

@@ -11,6 +11,7 @@ from lnorm.functional import (
   batch_norm_eval,
   batch_norm_train,
   layer_norm,
+  layer_norm_reference,
   rms_norm,
   weight_norm,
 )

@@ -253,7 +253,13 @@ def _layer_norm_stats(x, scale, bias, axes, eps):
   """``(y, mean, rstd)``: the output and the statistics, two-pass, in float32 or wider."""
   dtype = stats_dtype(x.dtype)
   x1, x2, x3 = (xc.astype(dtype) for xc in _copies(x, 3))
-  mean = jnp.mean(x1, axis=axes, keepdims=True)
+  # Shifted mean: summing x - x[first] instead of x keeps the float32 sum's
+  # rounding relative to the spread, not to the mean (at mean 1e4 and unit
+  # variance a plain sum is off by 1.5e-3, this by 2e-4). It costs about 30%
+  # of the forward on XLA:CPU, where a corrected second pass costs 130%.
+  first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))
+  pivot = _copies(x[first].astype(dtype), 1)[0]
+  mean = pivot + jnp.mean(x1 - pivot, axis=axes, keepdims=True)
   mean_var, mean_y = _copies(mean, 2)
   var = jnp.mean(jnp.square(x2 - mean_var), axis=axes, keepdims=True)
   rstd = jax.lax.rsqrt(var + eps)
