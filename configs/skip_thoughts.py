@@ -29,7 +29,8 @@ Args (comma-separated after the colon): ``norm`` (none|layer, default layer), ``
 (paper|cpu|smoke, default paper), ``conditioning`` (every_step|initial_state),
 ``batch_size`` (0: the size's default), ``lr``, ``seed``, ``steps`` (0: ``epochs``
 epochs), ``epochs``, ``data_dir``, ``senteval_dir``, ``tasks`` (SentEval tasks evaluated
-during training, e.g. ``MR+SICK``; ``+`` separates them inside the arg, default all six),
+during training, e.g. ``MR+SICK``; ``+`` separates them inside the arg; default all six,
+``size=cpu``: the five of the paper's Figure 4 and Table 3, without TREC),
 ``senteval_every`` (steps between SentEval points; 0: the size's default), ``smoke``
 (same as ``size=smoke``).
 
@@ -38,12 +39,26 @@ Sizes:
 * ``paper``: 620-d embeddings, 2400-d GRUs, 20,000 words, batch 128, Adam 1e-3 (our
   choice; the paper does not give one here), clipping at 5, sentences of 30 ids.
 * ``cpu``: 128-d embeddings, 256-d GRUs, 10,000 words, batch 64: trains on two shared
-  CPU cores. Periodic SentEval uses 5-fold outer / 3-fold inner CV on stratified subsets
-  of 4,000 sentences of MR/CR/SUBJ/MPQA (TREC and SICK whole).
+  CPU cores. Periodic SentEval (every 80 steps and at step 0) on MR, CR, SUBJ, MPQA,
+  SICK, with 5-fold outer / 2-fold inner CV on stratified subsets of 2,000 sentences of
+  MR/CR/SUBJ/MPQA (SICK whole); the full protocol on any checkpoint with
+  ``scripts/skip_thoughts_eval.py``.
 * ``smoke``: 16-d embeddings, 32-d GRUs, 200 words, batch 8: for tests.
 
-Measured on 2 CPU cores shared with other jobs (load average ~8): see
-``results/skip_thoughts.md``.
+Measured on 2 CPU cores shared with other jobs (load average 3-15), both norms at once:
+16-17 training sentences/s per run (64 per step, ~4 s a step); one periodic SentEval
+point took 1-15 minutes depending on the load (its logistic regressions are most of it).
+The runs of ``results/skip_thoughts.md`` (320 steps, ~0.37 epoch, ~1 hour):
+
+  for n in none layer; do
+    python -m lnorm.main --config=configs/skip_thoughts.py:size=cpu,norm=$n,steps=320 \
+        --workdir=runs/skip_thoughts/cpu-$n &
+  done
+  python scripts/skip_thoughts_report.py runs/skip_thoughts/cpu-none \
+      runs/skip_thoughts/cpu-layer --out results/skip_thoughts
+
+(they were started with ``senteval_every=40`` for steps 0-160 and 80 after; raising
+``steps`` on resume trains further).
 """
 
 from __future__ import annotations
@@ -55,6 +70,7 @@ from lnorm.config_args import check_choice, parse_arg
 NORMS = ('none', 'layer')
 SIZES = ('paper', 'cpu', 'smoke')
 ALL_TASKS = 'MR,CR,SUBJ,MPQA,TREC,SICK'
+FIGURE4_TASKS = 'MR,CR,SUBJ,MPQA,SICK'  # The tasks of the paper's Figure 4 and Table 3.
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -71,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     epochs=5,
     data_dir=None,
     senteval_dir=None,
-    tasks=ALL_TASKS.replace(',', '+'),
+    tasks='',
     senteval_every=0,
     smoke=False,
   )
@@ -122,7 +138,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 250
   c.senteval_dir = ml_collections.config_dict.placeholder(str)
   c.senteval_dir = a.senteval_dir or default_data_dir('senteval')
-  c.senteval_tasks = a.tasks.replace('+', ',')
+  c.senteval_tasks = a.tasks.replace('+', ',') or ALL_TASKS
   c.senteval_every_steps = a.senteval_every or 5000
   c.senteval_folds = 10
   c.senteval_inner_folds = 5
@@ -134,10 +150,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.embed_dim = 128
     c.hidden_dim = 256
     c.batch_size = a.batch_size or 64
-    c.senteval_every_steps = a.senteval_every or 400
+    c.senteval_tasks = a.tasks.replace('+', ',') or FIGURE4_TASKS
+    c.senteval_every_steps = a.senteval_every or 80
     c.senteval_folds = 5
-    c.senteval_inner_folds = 3
-    c.senteval_max_examples = 4000
+    c.senteval_inner_folds = 2
+    c.senteval_max_examples = 2000
     c.keep_checkpoints = 10
   elif size == 'smoke':
     c.vocab_size = 200
