@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from lnorm.metrics import METRICS_FILE, read_metrics
+
 X_AXES = ('step', 'epoch', 'examples', 'wall_s')
 CONFIG_FILE = 'config.json'
-METRICS_FILE = 'metrics.jsonl'
 FINAL_FILE = 'final.json'
 
 
@@ -96,18 +97,6 @@ def _read_json(path: pathlib.Path) -> Any:
   return json.loads(path.read_text()) if path.is_file() else None
 
 
-def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
-  """The rows of a ``metrics.jsonl``, sorted by step; a line cut short (a killed run) ends it."""
-  rows = []
-  for line in path.read_text().splitlines():
-    if line.strip():
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        break
-  return sorted(rows, key=lambda r: r.get('step', 0))
-
-
 def load_run(workdir: str | pathlib.Path) -> RunData:
   """Reads one workdir.
 
@@ -119,7 +108,7 @@ def load_run(workdir: str | pathlib.Path) -> RunData:
   metrics_path = path / METRICS_FILE
   if not metrics_path.is_file():
     raise FileNotFoundError(f'{path}: no {METRICS_FILE} (not a run, or not started).')
-  rows = read_rows(metrics_path)
+  rows = sorted(read_metrics(path), key=lambda r: r.get('step', 0))
   if not rows:
     raise ValueError(f'{path}: {METRICS_FILE} is empty.')
   config = _read_json(path / CONFIG_FILE) or {}
