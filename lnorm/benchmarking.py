@@ -184,3 +184,36 @@ def load_note(info: Mapping[str, Any]) -> str:
   start = info.get('load_average')
   end = [round(v, 2) for v in os.getloadavg()]
   return f'load average (1, 5, 15 min) at start {start}, at end {end}, on {info.get("cores")} cores'
+
+
+def time_stateful(
+  runners: Mapping[str, Callable[[], None]],
+  reps: int,
+  warmup: int = 2,
+  target_s: float = 0.5,
+) -> dict[str, Timing]:
+  """Times functions that carry their own state (a training loop), interleaved.
+
+  Each runner performs one unit of work per call (e.g. one jitted call of
+  several training steps) and returns once the work is done. After
+  ``warmup`` calls each, one more call calibrates how many calls fill about
+  ``target_s`` seconds; each repetition then runs that many calls of every
+  runner in turn. The timings are per call.
+  """
+  counts = {}
+  for name, run in runners.items():
+    for _ in range(warmup):
+      run()
+    t0 = time.perf_counter()
+    run()
+    counts[name] = max(1, round(target_s / max(time.perf_counter() - t0, 1e-9)))
+  out = {name: Timing([], []) for name in runners}
+  for _ in range(reps):
+    for name, run in runners.items():
+      n = counts[name]
+      c0, t0 = time.process_time(), time.perf_counter()
+      for _ in range(n):
+        run()
+      out[name].wall.append((time.perf_counter() - t0) / n)
+      out[name].cpu.append((time.process_time() - c0) / n)
+  return out

@@ -17,14 +17,46 @@ command also works from elsewhere (with paths to the config adjusted).
 
 The persistent compilation cache is on (``~/.cache/lnorm/jax``); set
 ``LNORM_JAX_CACHE`` to another directory, or to ``off``.
+
+The allocator: glibc's malloc gives XLA:CPU fresh pages for each large buffer,
+and the page faults slow large element-wise ops several times over;
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (transparent huge pages for malloc)
+avoids most of them. glibc reads the setting only when a process starts, so
+when it is missing from ``GLIBC_TUNABLES`` this command re-executes itself
+once, before importing anything heavy, with it added (``os.execve``: same
+process id, same arguments). ``LNORM_ALLOCATOR=default`` turns this off.
 """
 
-import logging as std_logging
-import pathlib
+import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+HUGETLB_TUNABLE = 'glibc.malloc.hugetlb=1'
+
+
+def _reexec_with_hugetlb() -> None:
+  """Re-executes this process with ``glibc.malloc.hugetlb=1`` in ``GLIBC_TUNABLES`` if absent."""
+  if os.environ.get('LNORM_ALLOCATOR', '') == 'default' or not sys.platform.startswith('linux'):
+    return
+  tunables = os.environ.get('GLIBC_TUNABLES', '')
+  if 'glibc.malloc.hugetlb' in tunables:
+    return  # Set by the user or by an earlier exec of this command: never loops.
+  env = dict(
+    os.environ, GLIBC_TUNABLES=f'{tunables}:{HUGETLB_TUNABLE}' if tunables else HUGETLB_TUNABLE
+  )
+  argv = getattr(sys, 'orig_argv', None) or [sys.executable, *sys.argv]  # Keeps ``-m lnorm.main``.
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+
+
+if __name__ == '__main__':
+  _reexec_with_hugetlb()
+
+import logging as std_logging  # noqa: E402 (after the re-exec, which must come first).
+import pathlib  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if (_REPO_ROOT / 'experiments' / '__init__.py').exists() and str(_REPO_ROOT) not in sys.path:
@@ -57,6 +89,7 @@ def main(argv):
     module.check_config(config)  # Overrides are checked too, before any work.
   cache = training.enable_compilation_cache()
   logging.info('Compilation cache: %s', cache or 'off')
+  logging.info('GLIBC_TUNABLES=%r', os.environ.get('GLIBC_TUNABLES', ''))
   logging.info('Config:\n%s', config)
   final = module.train_and_evaluate(config, FLAGS.workdir)
   logging.info('Final: %s', final)
