@@ -64,6 +64,7 @@ if (_REPO_ROOT / 'experiments' / '__init__.py').exists() and str(_REPO_ROOT) not
 
 import experiments  # noqa: E402 (needs the repository root on sys.path).
 from lnorm import training  # noqa: E402
+from lnorm.checkpoints import ConfigMismatchError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -79,21 +80,57 @@ def _quiet_orbax(record: std_logging.LogRecord) -> bool:
   return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
+class UserError(Exception):
+  """A mistake in the command (config, workdir, data): reported in one message, no traceback."""
+
+
+def _fail(message: str) -> None:
+  sys.stderr.write(f'lnorm.main: error: {message}\n')
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses the flags; a config that does not parse is reported by its message alone.
+
+  ``config_flags`` puts the whole traceback of an error raised by
+  ``get_config`` into the flag error; the last line is what the user needs.
+  """
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    text = str(e)
+    if 'Error whilst parsing config file' in text:
+      lines = [line for line in text.strip().splitlines() if line.strip()]
+      _fail(f'{lines[0].split(":")[0]}: {lines[-1].strip()}')
+    _fail(f'{text}\nPass --helpshort or --helpfull to see help on flags.')
+  return []
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_quiet_orbax)
   config = FLAGS.config
-  module = experiments.get_experiment(config.experiment)
-  if hasattr(module, 'check_config'):
-    module.check_config(config)  # Overrides are checked too, before any work.
+  try:
+    experiment = config.experiment
+  except OSError as e:  # config_flags defers a missing or unreadable file to first use.
+    _fail(f'cannot load --config: {str(e).strip().splitlines()[-1].strip()}')
+  try:
+    module = experiments.get_experiment(experiment)
+    if hasattr(module, 'check_config'):
+      module.check_config(config)  # Overrides are checked too, before any work.
+  except ValueError as e:
+    _fail(f'bad config: {e}')
   cache = training.enable_compilation_cache()
   logging.info('Compilation cache: %s', cache or 'off')
   logging.info('GLIBC_TUNABLES=%r', os.environ.get('GLIBC_TUNABLES', ''))
   logging.info('Config:\n%s', config)
-  final = module.train_and_evaluate(config, FLAGS.workdir)
+  try:
+    final = module.train_and_evaluate(config, FLAGS.workdir)
+  except (ConfigMismatchError, FileNotFoundError) as e:
+    _fail(str(e))  # A workdir of another config, or missing data: the message says what to do.
   logging.info('Final: %s', final)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
