@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from lnorm.config_args import check_int, parse_arg
+from lnorm.config_args import check_int, optimizer_fields, parse_arg
 
 #: The norms of Figure 6, and the extra ones this project compares.
 PAPER_NORMS = ('none', 'batch', 'layer')
@@ -90,16 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Optimization (the paper: Adam; it gives no learning rate for this task).
   c.batch_size = a.batch_size
   c.num_epochs = a.epochs
-  c.optimizer = 'adam'
-  c.learning_rate = a.lr
-  c.lr_schedule = 'constant'
-  c.warmup_steps = 0
-  c.grad_clip_norm = 0.0
-  c.weight_decay = 0.0
-  c.adam_b1 = 0.9
-  c.adam_b2 = 0.999
-  c.adam_eps = 1e-8
-  c.momentum = 0.9
+  c.update(optimizer_fields(a.lr))
 
   # Loop: tiny batches run many steps per jitted call to amortize dispatch.
   # Rows fall on multiples of steps_per_call so that calls stay whole (a call

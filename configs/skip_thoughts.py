@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from lnorm.config_args import check_choice, parse_arg
+from lnorm.config_args import check_choice, optimizer_fields, parse_arg
 
 NORMS = ('none', 'layer')
 SIZES = ('paper', 'cpu', 'smoke')
@@ -120,16 +120,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = a.batch_size or 128
   c.num_epochs = a.epochs
   c.num_steps = a.steps  # 0: num_epochs epochs.
-  c.optimizer = 'adam'
-  c.learning_rate = a.lr
-  c.lr_schedule = 'constant'
-  c.warmup_steps = 0
-  c.grad_clip_norm = 5.0
-  c.weight_decay = 0.0
-  c.adam_b1 = 0.9
-  c.adam_b2 = 0.999
-  c.adam_eps = 1e-8
-  c.momentum = 0.9
+  c.update(optimizer_fields(a.lr, grad_clip_norm=5.0))
 
   # Loop and evaluation.
   c.steps_per_call = 4

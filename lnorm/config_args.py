@@ -126,3 +126,25 @@ def check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
     what = 'a number >= 0' if allow_zero else 'a positive number'
     raise ValueError(f'{name} must be {what}; got {value!r}.')
   return value
+
+
+def optimizer_fields(learning_rate: float, grad_clip_norm: float = 0.0) -> dict[str, Any]:
+  """The optimizer fields every experiment config has (read by :mod:`lnorm.training`).
+
+  Adam (the paper's optimizer everywhere) with its usual constants, a constant
+  learning rate, no warm-up, no weight decay; ``grad_clip_norm`` clips the
+  gradient by its global norm (0: off). A config sets them with
+  ``config.update(optimizer_fields(...))`` and may override any of them.
+  """
+  return dict(
+    optimizer='adam',
+    learning_rate=learning_rate,
+    lr_schedule='constant',
+    warmup_steps=0,
+    grad_clip_norm=grad_clip_norm,
+    weight_decay=0.0,
+    adam_b1=0.9,
+    adam_b2=0.999,
+    adam_eps=1e-8,
+    momentum=0.9,
+  )

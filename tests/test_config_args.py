@@ -167,3 +167,16 @@ def test_main_refuses_bad_configs_before_any_work(tmp_path, flags, match):
   assert proc.returncode != 0
   assert match in proc.stderr
   assert not workdir.exists()
+
+
+def test_optimizer_fields_are_what_the_training_loop_reads():
+  import jax.numpy as jnp
+  import ml_collections
+
+  from lnorm import training
+
+  fields = config_args.optimizer_fields(3e-4, grad_clip_norm=5.0)
+  assert fields['optimizer'] == 'adam' and fields['grad_clip_norm'] == 5.0
+  tx, schedule = training.make_optimizer(ml_collections.ConfigDict(fields), num_steps=10)
+  assert float(schedule(0)) == pytest.approx(3e-4)
+  assert tx.init({'w': jnp.zeros(3)}) is not None
