@@ -1,7 +1,8 @@
 """lnorm: exact, fast layer normalization and normalized recurrent cells for JAX/Flax.
 
 A reproduction of "Layer Normalization" (Ba, Kiros & Hinton 2016,
-arXiv:1607.06450). The pure math lives in :mod:`lnorm.functional`, the Flax
+arXiv:1607.06450). The pure math lives in :mod:`lnorm.functional` (the
+normalizations) and :mod:`lnorm.cells` (the recurrent cells' equations), the Flax
 linen modules in :mod:`lnorm.layers` and :mod:`lnorm.recurrent`, and their
 NNX counterparts in :mod:`lnorm.nnx`.
 
@@ -14,8 +15,9 @@ import importlib
 
 __version__ = '0.1.0'
 
-_SUBMODULES = ('functional', 'layers', 'nnx', 'recurrent')
+_SUBMODULES = ('cells', 'functional', 'layers', 'nnx', 'recurrent')
 _EXPORTS = {
+  'cells': ('block_orthogonal', 'forget_bias_init', 'gru_step', 'lstm_step', 'step_batch_norm'),
   'functional': (
     'batch_norm_eval',
     'batch_norm_train',

@@ -4,7 +4,8 @@ The modules follow ``flax.nnx`` conventions (sizes given up front, ``rngs``,
 ``nnx.Param``/``nnx.BatchStat``, ``model.train()``/``model.eval()`` toggling
 ``use_running_average``, cells subclassing ``nnx.RNNCellBase`` for
 ``nnx.RNN``/``nnx.Bidirectional``) and call the same pure functions of
-:mod:`lnorm.functional` as the linen ones, so the numbers are the same.
+:mod:`lnorm.functional` and :mod:`lnorm.cells` as the linen ones, so the
+numbers are the same (bit for bit, for one step from the same parameters).
 
 Every NNX module here has its parameters at the same paths, with the same
 names, as its linen twin (``scale``/``bias``, ``input_kernel``, ``ln_h/scale``,
@@ -35,8 +36,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lnorm import cells as C
 from lnorm import functional as F
-from lnorm import recurrent as R
 from lnorm.layers import NORM_NAMES, check_norm_name
 
 Array = jax.Array
@@ -247,7 +248,7 @@ class WeightNormDense(nnx.Module):
     out_features: int,
     *,
     use_bias: bool = True,
-    kernel_init: Initializer = R.default_kernel_init,
+    kernel_init: Initializer = C.default_kernel_init,
     bias_init: Initializer = nnx.initializers.zeros,
     epsilon: float = 0.0,
     dtype: Any = None,
@@ -266,7 +267,7 @@ class WeightNormDense(nnx.Module):
     )
 
   def __call__(self, x: Array) -> Array:
-    R._check_size('WeightNormDense', 'inputs', self.in_features, x.shape[-1])
+    C.check_size('WeightNormDense', 'inputs', self.in_features, x.shape[-1])
     w = F.weight_norm(self.kernel[...], self.scale[...], axis=0, eps=self.epsilon)
     dtype = self.dtype or x.dtype
     y = jnp.dot(x.astype(dtype), w.astype(dtype))
@@ -329,8 +330,8 @@ class _CellBase(nnx.RNNCellBase):
 
   def _check(self, hidden: Array, inputs: Array):
     name = type(self).__name__
-    R._check_size(name, 'a carry', self.hidden_features, hidden.shape[-1])
-    R._check_size(name, 'inputs', self.in_features, inputs.shape[-1])
+    C.check_size(name, 'a carry', self.hidden_features, hidden.shape[-1])
+    C.check_size(name, 'inputs', self.in_features, inputs.shape[-1])
 
   def _zeros(self, input_shape: tuple[int, ...]) -> Array:
     shape = tuple(input_shape[:-1]) + (self.hidden_features,)
@@ -379,19 +380,19 @@ class LSTMCell(_CellBase):
     norm: str = 'layer',
     epsilon: float = F.DEFAULT_EPS,
     forget_bias: float = 0.0,
-    kernel_init: Initializer = R.default_kernel_init,
-    recurrent_kernel_init: Initializer = R.lstm_recurrent_init,
+    kernel_init: Initializer = C.default_kernel_init,
+    recurrent_kernel_init: Initializer = C.lstm_recurrent_init,
     bias_init: Initializer = nnx.initializers.zeros,
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
   ):
-    check_norm_name(norm, R.LSTM_NORMS)
+    check_norm_name(norm, C.LSTM_NORMS)
     self.in_features, self.hidden_features, self.norm = in_features, hidden_features, norm
     self.dtype, self.param_dtype = dtype, param_dtype
     hidden = hidden_features
     _cell_kernels(self, in_features, hidden, 4, kernel_init, recurrent_kernel_init, rngs)
-    b_init = R._forget_bias_init(hidden, forget_bias, bias_init)
+    b_init = C.forget_bias_init(hidden, forget_bias, bias_init)
     self.bias = nnx.Param(b_init(rngs.params(), (4 * hidden,), param_dtype))
 
     def ln(n):
@@ -405,17 +406,18 @@ class LSTMCell(_CellBase):
     self, carry: tuple[Array, Array], inputs: Array
   ) -> tuple[tuple[Array, Array], Array]:  # type: ignore[override]
     """One step: ``((c, h), x) -> ((c_t, h_t), h_t)``."""
-    c, h = carry
-    self._check(h, inputs)
-    dtype = R._compute_dtype(self.dtype, inputs, c, h, self.param_dtype)
-    wx = jnp.dot(inputs.astype(dtype), self.input_kernel[...].astype(dtype))
-    wh = jnp.dot(h.astype(dtype), self.recurrent_kernel[...].astype(dtype))
-    if self.ln_h is not None:
-      wh, wx = self.ln_h(wh), self.ln_x(wx)
-    gates = wh + wx + self.bias[...].astype(dtype)
-    new_c, new_h = R.lstm_state_update(gates, c.astype(dtype), self.ln_c)
-    new_c, new_h = new_c.astype(c.dtype), new_h.astype(h.dtype)
-    return (new_c, new_h), new_h
+    self._check(carry[1], inputs)
+    return C.lstm_step(
+      carry,
+      inputs,
+      input_kernel=self.input_kernel[...],
+      recurrent_kernel=self.recurrent_kernel[...],
+      bias=self.bias[...],
+      norm_h=self.ln_h,
+      norm_x=self.ln_x,
+      norm_c=self.ln_c,
+      dtype=self.dtype,
+    )
 
   def initialize_carry(
     self, input_shape: tuple[int, ...], rngs: Any = None, carry_init: Any = None
@@ -443,15 +445,15 @@ class GRUCell(_CellBase):
     *,
     norm: str = 'layer',
     epsilon: float = F.DEFAULT_EPS,
-    kernel_init: Initializer = R.default_kernel_init,
-    recurrent_kernel_init: Initializer = R.gru_recurrent_init,
-    candidate_recurrent_kernel_init: Initializer = R.orthogonal_init,
+    kernel_init: Initializer = C.default_kernel_init,
+    recurrent_kernel_init: Initializer = C.gru_recurrent_init,
+    candidate_recurrent_kernel_init: Initializer = C.orthogonal_init,
     bias_init: Initializer = nnx.initializers.zeros,
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
   ):
-    check_norm_name(norm, R.GRU_NORMS)
+    check_norm_name(norm, C.GRU_NORMS)
     self.in_features, self.hidden_features, self.norm = in_features, hidden_features, norm
     self.dtype, self.param_dtype = dtype, param_dtype
     hidden, pd = hidden_features, param_dtype
@@ -473,24 +475,22 @@ class GRUCell(_CellBase):
 
   def __call__(self, carry: Array, inputs: Array) -> tuple[Array, Array]:  # type: ignore[override]
     """One step: ``(h, x) -> (h_t, h_t)``."""
-    h = carry
-    self._check(h, inputs)
-    dtype = R._compute_dtype(self.dtype, inputs, h, self.param_dtype)
-    x, hc = inputs.astype(dtype), h.astype(dtype)
-    wx = jnp.dot(x, self.input_kernel[...].astype(dtype))
-    wh = jnp.dot(hc, self.recurrent_kernel[...].astype(dtype))
-    cx = jnp.dot(x, self.candidate_input_kernel[...].astype(dtype))
-    ch = jnp.dot(hc, self.candidate_recurrent_kernel[...].astype(dtype))
-    if self.norm == 'layer':
-      gates = self.ln_h(wh) + self.ln_x(wx)
-      cx, ch = self.ln_cx(cx), self.ln_ch(ch)
-    else:
-      gates = wh + wx + self.bias[...].astype(dtype)
-      cx = cx + self.candidate_bias[...].astype(dtype)
-    z, r = jnp.split(gates, 2, axis=-1)
-    candidate = jnp.tanh(cx + jax.nn.sigmoid(r) * ch)
-    new_h = R.gru_state_update(hc, z, candidate).astype(h.dtype)
-    return new_h, new_h
+    self._check(carry, inputs)
+    return C.gru_step(
+      carry,
+      inputs,
+      input_kernel=self.input_kernel[...],
+      recurrent_kernel=self.recurrent_kernel[...],
+      candidate_input_kernel=self.candidate_input_kernel[...],
+      candidate_recurrent_kernel=self.candidate_recurrent_kernel[...],
+      bias=_value(self.bias),
+      candidate_bias=_value(self.candidate_bias),
+      norm_h=self.ln_h,
+      norm_x=self.ln_x,
+      norm_cx=self.ln_cx,
+      norm_ch=self.ln_ch,
+      dtype=self.dtype,
+    )
 
   def initialize_carry(
     self, input_shape: tuple[int, ...], rngs: Any = None, carry_init: Any = None
@@ -532,7 +532,7 @@ class StepBatchNorm(nnx.Module):
   def __call__(self, x: Array, step: Array, use_running_average: bool | None = None) -> Array:
     if use_running_average is None:
       use_running_average = self.use_running_average
-    y, mean, var = R.step_batch_norm(
+    y, mean, var = C.step_batch_norm(
       x,
       step,
       self.scale[...],
@@ -572,8 +572,8 @@ class BNLSTMCell(_CellBase):
     epsilon: float = F.DEFAULT_EPS,
     gamma_init: float = 0.1,
     forget_bias: float = 0.0,
-    kernel_init: Initializer = R.default_kernel_init,
-    recurrent_kernel_init: Initializer = R.lstm_recurrent_init,
+    kernel_init: Initializer = C.default_kernel_init,
+    recurrent_kernel_init: Initializer = C.lstm_recurrent_init,
     bias_init: Initializer = nnx.initializers.zeros,
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
@@ -584,7 +584,7 @@ class BNLSTMCell(_CellBase):
     self.dtype, self.param_dtype = dtype, param_dtype
     hidden = hidden_features
     _cell_kernels(self, in_features, hidden, 4, kernel_init, recurrent_kernel_init, rngs)
-    b_init = R._forget_bias_init(hidden, forget_bias, bias_init)
+    b_init = C.forget_bias_init(hidden, forget_bias, bias_init)
     self.bias = nnx.Param(b_init(rngs.params(), (4 * hidden,), param_dtype))
 
     def bn(n, use_bias):
@@ -609,12 +609,17 @@ class BNLSTMCell(_CellBase):
     c, h, t = carry
     self._check(h, inputs)
     ura = self.use_running_average
-    dtype = R._compute_dtype(self.dtype, inputs, c, h, self.param_dtype)
-    wx = jnp.dot(inputs.astype(dtype), self.input_kernel[...].astype(dtype))
-    wh = jnp.dot(h.astype(dtype), self.recurrent_kernel[...].astype(dtype))
-    gates = self.bn_h(wh, t, ura) + self.bn_x(wx, t, ura) + self.bias[...].astype(dtype)
-    new_c, new_h = R.lstm_state_update(gates, c.astype(dtype), lambda v: self.bn_c(v, t, ura))
-    new_c, new_h = new_c.astype(c.dtype), new_h.astype(h.dtype)
+    (new_c, new_h), _ = C.lstm_step(
+      (c, h),
+      inputs,
+      input_kernel=self.input_kernel[...],
+      recurrent_kernel=self.recurrent_kernel[...],
+      bias=self.bias[...],
+      norm_h=lambda v: self.bn_h(v, t, ura),
+      norm_x=lambda v: self.bn_x(v, t, ura),
+      norm_c=lambda v: self.bn_c(v, t, ura),
+      dtype=self.dtype,
+    )
     return (new_c, new_h, t + 1), new_h
 
   def initialize_carry(

@@ -12,7 +12,12 @@ exactly like Flax's own ``LSTMCell`` and ``GRUCell``::
     >>> rnn.apply(variables, x).shape                 # <float32>[batch, time, 4]
     (2, 5, 4)
 
-Conventions shared by the cells (and by their NNX twins in :mod:`lnorm.nnx`):
+The equations live once, as pure functions, in :mod:`lnorm.cells`
+(:func:`~lnorm.cells.lstm_step`, :func:`~lnorm.cells.gru_step`); the classes
+here only create the parameters and normalization submodules and call them,
+as do their NNX twins in :mod:`lnorm.nnx`.
+
+Conventions shared by the cells (and by their NNX twins):
 
 * **One matrix per source.** ``W_x`` (``input_kernel``, ``[in, k*H]``) and
   ``W_h`` (``recurrent_kernel``, ``[H, k*H]``) hold all gates side by side, so
@@ -47,48 +52,45 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lnorm import cells
 from lnorm import functional as F
+from lnorm.cells import (
+  GRU_NORMS,
+  LSTM_NORMS,
+  block_orthogonal,
+  default_kernel_init,
+  forget_bias_init,
+  gru_recurrent_init,
+  gru_state_update,
+  lstm_recurrent_init,
+  lstm_state_update,
+  orthogonal_init,
+  step_batch_norm,
+)
 from lnorm.layers import LayerNorm, check_norm_name
 
 Array = jax.Array
 Initializer = Callable[..., Array]
 
-#: Normalizations an :class:`LSTMCell` accepts.
-LSTM_NORMS = ('none', 'layer', 'draw')
-#: Normalizations a :class:`GRUCell` accepts.
-GRU_NORMS = ('none', 'layer')
-
-default_kernel_init = nn.initializers.lecun_normal()
-
-
-def block_orthogonal(num_blocks: int, scale: float = 1.0) -> Initializer:
-  """An initializer for ``W_h`` of shape ``[H, num_blocks * H]``: every ``H x H`` block orthogonal.
-
-  The same distribution as Flax's ``LSTMCell``/``GRUCell``, which keep one
-  orthogonally-initialized ``Dense`` per gate.
-  """
-  ortho = nn.initializers.orthogonal(scale)
-
-  def init(key, shape, dtype=jnp.float32):
-    rows, cols = shape
-    if cols % num_blocks:
-      raise ValueError(f'block_orthogonal: {cols} columns do not split into {num_blocks} blocks.')
-    keys = jax.random.split(key, num_blocks)
-    blocks = [ortho(k, (rows, cols // num_blocks), jnp.float32) for k in keys]
-    return jnp.concatenate(blocks, axis=-1).astype(dtype)
-
-  return init
-
-
-#: Default ``W_h`` initializers: one orthogonal ``H x H`` block per gate, as Flax's cells.
-lstm_recurrent_init = block_orthogonal(4)
-gru_recurrent_init = block_orthogonal(2)
-orthogonal_init = block_orthogonal(1)
-
-
-def _check_size(cell: str, what: str, expected: int, got: int):
-  if expected != got:
-    raise ValueError(f'{cell} was built for {what} with {expected} features but got {got}.')
+# Re-exported from lnorm.cells, where the equations and initializers live.
+__all__ = [
+  'BNLSTMCell',
+  'GRUCell',
+  'GRU_NORMS',
+  'LSTMCell',
+  'LSTM_NORMS',
+  'StepBatchNorm',
+  'batch_stats_scan_kwargs',
+  'block_orthogonal',
+  'default_kernel_init',
+  'forget_bias_init',
+  'gru_recurrent_init',
+  'gru_state_update',
+  'lstm_recurrent_init',
+  'lstm_state_update',
+  'orthogonal_init',
+  'step_batch_norm',
+]
 
 
 def _check_inputs(module: nn.Module, inputs: Array, kernel_name: str = 'input_kernel'):
@@ -97,45 +99,7 @@ def _check_inputs(module: nn.Module, inputs: Array, kernel_name: str = 'input_ke
     raise ValueError(f'{type(module).__name__} needs inputs with a feature axis; got a scalar.')
   if module.has_variable('params', kernel_name):
     kernel = module.get_variable('params', kernel_name)
-    _check_size(type(module).__name__, 'inputs', kernel.shape[0], inputs.shape[-1])
-
-
-def _forget_bias_init(features: int, forget_bias: float, base: Initializer) -> Initializer:
-  """``b`` ``[4H]`` in gate order ``[f; i; o; g]``, its forget slice set to ``forget_bias``."""
-
-  def init(key, shape, dtype=jnp.float32):
-    b = base(key, shape, dtype)
-    if forget_bias:
-      b = b.at[:features].set(jnp.asarray(forget_bias, dtype))
-    return b
-
-  return init
-
-
-def lstm_state_update(
-  gates: Array, c: Array, cell_norm: Callable[[Array], Array] | None
-) -> tuple[Array, Array]:
-  """The LSTM state update from the gate pre-activations ``[f; i; o; g]`` (eqs. 18-19, 21-22).
-
-  ``c_t = sigmoid(f) * c + sigmoid(i) * tanh(g)`` and
-  ``h_t = sigmoid(o) * tanh(cell_norm(c_t))`` (``cell_norm`` ``None``: identity).
-  Returns the un-normalized ``c_t`` (the carried cell state) and ``h_t``.
-  """
-  f, i, o, g = jnp.split(gates, 4, axis=-1)
-  new_c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-  out_c = new_c if cell_norm is None else cell_norm(new_c)
-  new_h = jax.nn.sigmoid(o) * jnp.tanh(out_c)
-  return new_c, new_h
-
-
-def gru_state_update(h: Array, z: Array, candidate: Array) -> Array:
-  """The paper's GRU update (eqs. 25, 28): ``(1 - sigmoid(z)) * h + sigmoid(z) * candidate``."""
-  z = jax.nn.sigmoid(z)
-  return (1.0 - z) * h + z * candidate
-
-
-def _compute_dtype(dtype, *arrays_and_dtypes) -> Any:
-  return dtype if dtype is not None else jnp.result_type(*arrays_and_dtypes)
+    cells.check_size(type(module).__name__, 'inputs', kernel.shape[0], inputs.shape[-1])
 
 
 class LSTMCell(nn.RNNCellBase):
@@ -229,8 +193,8 @@ class LSTMCell(nn.RNNCellBase):
     check_norm_name(self.norm, LSTM_NORMS)
     name = type(self).__name__
     c, h = carry
-    _check_size(name, 'a carry', self.features, h.shape[-1])
-    _check_size(name, 'a cell state', self.features, c.shape[-1])
+    cells.check_size(name, 'a carry', self.features, h.shape[-1])
+    cells.check_size(name, 'a cell state', self.features, c.shape[-1])
     _check_inputs(self, inputs)
     hidden = self.features
     w_x = self.param(
@@ -241,22 +205,23 @@ class LSTMCell(nn.RNNCellBase):
     )
     b = self.param(
       'bias',
-      _forget_bias_init(hidden, self.forget_bias, self.bias_init),
+      forget_bias_init(hidden, self.forget_bias, self.bias_init),
       (4 * hidden,),
       self.param_dtype,
     )
-    dtype = _compute_dtype(self.dtype, inputs, c, h, self.param_dtype)
-    wx = jnp.dot(inputs.astype(dtype), w_x.astype(dtype))
-    wh = jnp.dot(h.astype(dtype), w_h.astype(dtype))
     ln = lambda name: LayerNorm(epsilon=self.epsilon, param_dtype=self.param_dtype, name=name)  # noqa: E731
-    if self.norm == 'layer':
-      wh = ln('ln_h')(wh)
-      wx = ln('ln_x')(wx)
-    gates = wh + wx + b.astype(dtype)
-    cell_norm = ln('ln_c') if self.norm in ('layer', 'draw') else None
-    new_c, new_h = lstm_state_update(gates, c.astype(dtype), cell_norm)
-    new_c, new_h = new_c.astype(c.dtype), new_h.astype(h.dtype)
-    return (new_c, new_h), new_h
+    layer = self.norm == 'layer'
+    return cells.lstm_step(
+      carry,
+      inputs,
+      input_kernel=w_x,
+      recurrent_kernel=w_h,
+      bias=b,
+      norm_h=ln('ln_h') if layer else None,
+      norm_x=ln('ln_x') if layer else None,
+      norm_c=ln('ln_c') if self.norm in ('layer', 'draw') else None,
+      dtype=self.dtype,
+    )
 
   @nn.nowrap
   def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> tuple[Array, Array]:
@@ -341,7 +306,7 @@ class GRUCell(nn.RNNCellBase):
     """
     check_norm_name(self.norm, GRU_NORMS)
     h = carry
-    _check_size(type(self).__name__, 'a carry', self.features, h.shape[-1])
+    cells.check_size(type(self).__name__, 'a carry', self.features, h.shape[-1])
     _check_inputs(self, inputs)
     hidden, n_in, pd = self.features, inputs.shape[-1], self.param_dtype
     w_x = self.param('input_kernel', self.kernel_init, (n_in, 2 * hidden), pd)
@@ -350,23 +315,19 @@ class GRUCell(nn.RNNCellBase):
     u = self.param(
       'candidate_recurrent_kernel', self.candidate_recurrent_kernel_init, (hidden, hidden), pd
     )
-    dtype = _compute_dtype(self.dtype, inputs, h, pd)
-    x, hc = inputs.astype(dtype), h.astype(dtype)
-    wx, wh = jnp.dot(x, w_x.astype(dtype)), jnp.dot(hc, w_h.astype(dtype))
-    cx, ch = jnp.dot(x, w.astype(dtype)), jnp.dot(hc, u.astype(dtype))
+    kernels = dict(
+      input_kernel=w_x,
+      recurrent_kernel=w_h,
+      candidate_input_kernel=w,
+      candidate_recurrent_kernel=u,
+    )
     if self.norm == 'layer':
       ln = lambda name: LayerNorm(epsilon=self.epsilon, param_dtype=pd, name=name)  # noqa: E731
-      gates = ln('ln_h')(wh) + ln('ln_x')(wx)
-      cx, ch = ln('ln_cx')(cx), ln('ln_ch')(ch)
-    else:
-      b = self.param('bias', self.bias_init, (2 * hidden,), pd)
-      b_c = self.param('candidate_bias', self.bias_init, (hidden,), pd)
-      gates = wh + wx + b.astype(dtype)
-      cx = cx + b_c.astype(dtype)
-    z, r = jnp.split(gates, 2, axis=-1)
-    candidate = jnp.tanh(cx + jax.nn.sigmoid(r) * ch)
-    new_h = gru_state_update(hc, z, candidate).astype(h.dtype)
-    return new_h, new_h
+      norms = dict(norm_h=ln('ln_h'), norm_x=ln('ln_x'), norm_cx=ln('ln_cx'), norm_ch=ln('ln_ch'))
+      return cells.gru_step(carry, inputs, **kernels, **norms, dtype=self.dtype)
+    b = self.param('bias', self.bias_init, (2 * hidden,), pd)
+    b_c = self.param('candidate_bias', self.bias_init, (hidden,), pd)
+    return cells.gru_step(carry, inputs, **kernels, bias=b, candidate_bias=b_c, dtype=self.dtype)
 
   @nn.nowrap
   def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Array:
@@ -378,55 +339,6 @@ class GRUCell(nn.RNNCellBase):
   @property
   def num_feature_axes(self) -> int:
     return 1
-
-
-def step_batch_norm(
-  x: Array,
-  step: Array,
-  scale: Array | None,
-  bias: Array | None,
-  running_mean: Array,
-  running_var: Array,
-  *,
-  use_running_average: bool,
-  momentum: float,
-  eps: float,
-) -> tuple[Array, Array, Array]:
-  """Batch norm with per-time-step statistics (Cooijmans et al. 2016), as a pure function.
-
-  Args:
-    x: ``<float>[*batch, F]``, the values at one time step.
-    step: ``<int32>[*batch]``, the time step of every case (all equal in a scan).
-    scale, bias: ``[F]`` or ``None``.
-    running_mean, running_var: ``<float32>[max_steps, F]``, population
-      statistics per step.
-    use_running_average: normalize with the population statistics of step
-      ``min(t, max_steps - 1)`` (evaluation), or with the statistics of this
-      batch (training; the running averages of that step are updated).
-    momentum: decay of the running averages.
-    eps: added to the variance inside the square root.
-
-  Returns:
-    ``(y, new_running_mean, new_running_var)``; in evaluation the running
-    statistics are returned unchanged.
-  """
-  max_steps = running_mean.shape[0]
-  idx = jnp.minimum(step, max_steps - 1)
-  if use_running_average:
-    dtype = F.stats_dtype(x.dtype)
-    mean, var = running_mean[idx].astype(dtype), running_var[idx].astype(dtype)
-    return F.normalize(x, mean, var, scale, bias, eps), running_mean, running_var
-  batch_axes = tuple(range(x.ndim - 1))
-  if not batch_axes:
-    raise ValueError(
-      'BNLSTMCell in training needs a batch axis: its inputs have shape (features,).'
-    )
-  y, mean, var = F.batch_norm_train(x, scale, bias, batch_axes=batch_axes, eps=eps)
-  slot = jnp.reshape(idx, (-1,))[0]
-  new_mean, new_var = F.update_running_stats(
-    running_mean[slot], running_var[slot], mean, var, momentum
-  )
-  return y, running_mean.at[slot].set(new_mean), running_var.at[slot].set(new_var)
 
 
 class StepBatchNorm(nn.Module):
@@ -579,18 +491,15 @@ class BNLSTMCell(nn.RNNCellBase):
     if len(carry) != 3:
       raise ValueError(f'{name} carries (c, h, step); got a carry of {len(carry)} parts.')
     c, h, t = carry
-    _check_size(name, 'a carry', self.features, h.shape[-1])
-    _check_size(name, 'a cell state', self.features, c.shape[-1])
+    cells.check_size(name, 'a carry', self.features, h.shape[-1])
+    cells.check_size(name, 'a cell state', self.features, c.shape[-1])
     _check_inputs(self, inputs)
     hidden, pd = self.features, self.param_dtype
     w_x = self.param('input_kernel', self.kernel_init, (inputs.shape[-1], 4 * hidden), pd)
     w_h = self.param('recurrent_kernel', self.recurrent_kernel_init, (hidden, 4 * hidden), pd)
     b = self.param(
-      'bias', _forget_bias_init(hidden, self.forget_bias, self.bias_init), (4 * hidden,), pd
+      'bias', forget_bias_init(hidden, self.forget_bias, self.bias_init), (4 * hidden,), pd
     )
-    dtype = _compute_dtype(self.dtype, inputs, c, h, pd)
-    wx = jnp.dot(inputs.astype(dtype), w_x.astype(dtype))
-    wh = jnp.dot(h.astype(dtype), w_h.astype(dtype))
 
     def bn(name, use_bias):
       return StepBatchNorm(
@@ -604,9 +513,18 @@ class BNLSTMCell(nn.RNNCellBase):
         name=name,
       )
 
-    gates = bn('bn_h', False)(wh, t) + bn('bn_x', False)(wx, t) + b.astype(dtype)
-    new_c, new_h = lstm_state_update(gates, c.astype(dtype), lambda v: bn('bn_c', True)(v, t))
-    new_c, new_h = new_c.astype(c.dtype), new_h.astype(h.dtype)
+    bn_h, bn_x, bn_c = bn('bn_h', False), bn('bn_x', False), bn('bn_c', True)
+    (new_c, new_h), _ = cells.lstm_step(
+      (c, h),
+      inputs,
+      input_kernel=w_x,
+      recurrent_kernel=w_h,
+      bias=b,
+      norm_h=lambda v: bn_h(v, t),
+      norm_x=lambda v: bn_x(v, t),
+      norm_c=lambda v: bn_c(v, t),
+      dtype=self.dtype,
+    )
     return (new_c, new_h, t + 1), new_h
 
   @nn.nowrap

@@ -136,6 +136,28 @@ def test_cell_in_rnn_equals_linen(name):
   close(carry_nnx, carry_lin)
 
 
+@pytest.mark.parametrize('name', sorted(CELLS) + ['bnlstm-train', 'bnlstm-eval'])
+def test_one_step_is_bitwise_equal_to_linen(name):
+  """Both APIs run the same equations (lnorm.cells): one eager step gives identical bits."""
+  if name.startswith('bnlstm'):
+    train = name.endswith('train')
+    make_linen = lambda: R.BNLSTMCell(H, use_running_average=not train, max_steps=3)  # noqa: E731
+    make_nnx = lambda r: lnnx.BNLSTMCell(D, H, max_steps=3, use_running_average=not train, rngs=r)  # noqa: E731
+  else:
+    make_linen, make_nnx = CELLS[name]
+  x = data(11, (B, D))
+  cell = make_linen()
+  carry = jax.tree.map(
+    lambda a: a + 0.5 if a.dtype == jnp.float32 else a + 1,
+    cell.initialize_carry(jax.random.key(0), x.shape),
+  )
+  variables = perturb(cell.init(jax.random.key(1), carry, x), 12)
+  want, _ = cell.apply(variables, carry, x, mutable=['batch_stats'])
+  got = lnnx.from_linen_params(make_nnx(nnx.Rngs(0)), variables)(carry, x)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
 def test_nnx_rnn_equals_python_loop_and_init_matches_linen_layout():
   cell = lnnx.LSTMCell(D, H, rngs=nnx.Rngs(0))
   x = data(4)

@@ -489,3 +489,30 @@ def test_bfloat16_in_bfloat16_out(name):
   assert y16.dtype == jnp.bfloat16
   assert all(a.dtype in (jnp.bfloat16, jnp.int32) for a in jax.tree_util.tree_leaves(carry16))
   np.testing.assert_allclose(np.asarray(y16, np.float32), y32, atol=5e-2)
+
+
+def test_gate_equations_live_only_in_cells():
+  """linen and NNX cells call lnorm.cells; neither computes a gate equation of its own."""
+  import ast
+  import inspect
+
+  from lnorm import cells
+  from lnorm import nnx as lnnx
+
+  def calls(obj):
+    tree = ast.parse(inspect.getsource(obj))
+    return {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+
+  gate_ops = {'sigmoid', 'tanh', 'split'}  # (jnp.dot is also a dense layer's)
+  for module in (R, lnnx):
+    assert not calls(module) & gate_ops, module.__name__
+    private = {
+      n.attr
+      for n in ast.walk(ast.parse(inspect.getsource(module)))
+      if isinstance(n, ast.Attribute)
+      and isinstance(n.value, ast.Name)
+      and n.value.id in ('R', 'C', 'cells', 'F')
+      and n.attr.startswith('_')
+    }
+    assert not private, (module.__name__, private)
+  assert gate_ops <= calls(cells.lstm_step) | calls(cells.gru_step) | calls(cells)
