@@ -34,7 +34,7 @@ demo: setup
 # Speed, as ratios measured in one process (writes results/bench.md and .json; ~10 min).
 bench: setup
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[bench]'
-	$(PY) scripts/bench.py
+	$(PY) -m scripts.bench
 
 lint: setup
 	$(VENV)/bin/ruff format --check .

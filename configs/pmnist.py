@@ -3,7 +3,7 @@ r"""Permutation-invariant MNIST, paper §6.6 and Figure 6: none vs batch vs laye
 Run book (from the repository root, with the venv active):
 
   # One run: layer norm, batch size 4, real MNIST from tfds (prepared once,
-  # see lnorm/data/mnist.py).
+  # see lnorm/lab/data/mnist.py).
   python -m lnorm.main --config=configs/pmnist.py:norm=layer,batch_size=4 \
       --workdir=runs/pmnist/layer-bs4-s0
 
@@ -24,7 +24,8 @@ Run book (from the repository root, with the venv active):
 Args (comma-separated after the colon): ``norm`` (none|batch|layer|weight|rms,
 default layer), ``batch_size`` (default 128; the paper also uses 4), ``seed``,
 ``lr``, ``epochs``, ``data`` (tfds|idx|embedded; idx reads the four official files
-in ``data_dir``), ``data_dir``, ``smoke`` (a
+in ``data_dir``), ``data_dir``, ``api`` (linen|nnx: the model in
+Flax linen or NNX, the same numbers), ``smoke`` (a
 tiny run for tests: 32-32 hidden units, 512 embedded images, 2 epochs).
 Set the batch size through the arg rather than ``--config.batch_size``: the
 defaults of ``unbiased_variance``, ``steps_per_call`` and ``log_every_steps``
@@ -44,7 +45,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from lnorm.config_args import check_int, optimizer_fields, parse_arg
+from lnorm.lab.config_args import check_int, optimizer_fields, parse_arg
 
 #: The norms of Figure 6, and the extra ones this project compares.
 PAPER_NORMS = ('none', 'batch', 'layer')
@@ -63,12 +64,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     epochs=20,
     data='tfds',
     data_dir=None,
+    api='linen',
     smoke=False,
   )
   check_int('batch_size', a.batch_size, minimum=1)  # The defaults below divide by it.
   c = ml_collections.ConfigDict()
   c.experiment = 'pmnist'
   c.norm = a.norm
+  c.api = a.api  # linen or nnx: the same model and numbers.
   c.seed = a.seed
 
   # Data.
@@ -112,14 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 2
     c.evals_per_epoch = 2
     c.eval_batch_size = 128
-  _check(c)
   return c
-
-
-def _check(config: ml_collections.ConfigDict) -> None:
-  from experiments.pmnist import check_config
-
-  check_config(config)
 
 
 def get_sweep(arg: str | None = None) -> list[dict[str, object]]:

@@ -21,6 +21,7 @@ previous row), ``train/error``, and ``valid/nll``, ``valid/error``,
 from __future__ import annotations
 
 import logging
+import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,13 +31,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import nnx
+from jax.sharding import Mesh
 
-from lnorm import config_args, sharding, training
-from lnorm.data.mnist import SOURCES as DATA_SOURCES
+from lnorm import nnx as lnnx
+from lnorm.lab import batching, config_args, models, runner
+from lnorm.lab.contract import Evaluator, Experiment, LossFn, TrainState
+from lnorm.lab.data.mnist import SOURCES as DATA_SOURCES
 from lnorm.layers import NORM_NAMES, NormalizedDense, check_norm_name
 
 NUM_PIXELS = 784
 NUM_CLASSES = 10
+#: The Flax APIs the model is written in (the same numbers from the same parameters).
+APIS = ('linen', 'nnx')
 
 
 class MLP(nn.Module):
@@ -72,13 +79,64 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes, name='logits')(x)
 
 
+class NnxNormalizedDense(nnx.Module):
+  """NNX twin of :class:`lnorm.layers.NormalizedDense` (attributes ``dense`` and ``norm``)."""
+
+  def __init__(self, in_features, features, *, norm, unbiased_variance, epsilon, rngs):
+    own_bias = norm in ('none', 'weight')
+    self.dense = lnnx.make_dense(norm, in_features, features, use_bias=own_bias, rngs=rngs)
+    if norm == 'rms':
+      self.norm = lnnx.RMSNorm(features, epsilon=epsilon, use_bias=True, rngs=rngs)
+    else:
+      self.norm = lnnx.make_norm(
+        norm, features, epsilon=epsilon, unbiased_variance=unbiased_variance, rngs=rngs
+      )
+    self.is_batch = norm == 'batch'
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = self.dense(x)
+    return self.norm(y, use_running_average=not train) if self.is_batch else self.norm(y)
+
+
+class NnxMLP(nnx.Module):
+  """The :class:`MLP` in NNX: the same layers and parameter paths (``hidden_0/dense/kernel``...).
+
+  ``lnorm.nnx.from_linen_params`` copies an :class:`MLP`'s variables into it;
+  it then computes the same numbers.
+  """
+
+  def __init__(
+    self,
+    hidden_sizes: Sequence[int] = (1000, 1000),
+    norm: str = 'layer',
+    unbiased_variance: bool = False,
+    epsilon: float = 1e-5,
+    num_classes: int = NUM_CLASSES,
+    *,
+    rngs: nnx.Rngs,
+  ):
+    widths = (NUM_PIXELS, *hidden_sizes)
+    self.num_hidden = len(hidden_sizes)
+    for i in range(self.num_hidden):
+      layer = NnxNormalizedDense(
+        widths[i], widths[i + 1], norm=norm, unbiased_variance=unbiased_variance,
+        epsilon=epsilon, rngs=rngs,
+      )  # fmt: skip
+      setattr(self, f'hidden_{i}', layer)
+    self.logits = nnx.Linear(widths[-1], num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Maps ``<float32>[batch, 784]`` images to ``<float32>[batch, num_classes]`` logits."""
+    for i in range(self.num_hidden):
+      x = nnx.relu(getattr(self, f'hidden_{i}')(x, train))
+    return self.logits(x)
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises a ValueError naming the field and the allowed values if ``config`` is invalid."""
-  if config.experiment != 'pmnist':
-    raise ValueError(f"experiment must be 'pmnist' for this module; got {config.experiment!r}.")
   check_norm_name(config.norm, NORM_NAMES)
+  config_args.check_choice('api', config.api, APIS)
   config_args.check_choice('data_source', config.data_source, DATA_SOURCES)
-  training.check_training_config(config)
   config_args.check_int('num_train', config.num_train, minimum=0)
   config_args.check_int('num_valid', config.num_valid, minimum=0)
   config_args.check_int('num_test', config.num_test, minimum=0)
@@ -103,7 +161,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def load_data(config: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
   """The train/valid/test splits: ``{'image': <float32>[N, 784], 'label': <int32>[N]}`` each."""
-  from lnorm.data import mnist
+  from lnorm.lab.data import mnist
 
   raw = mnist.load_mnist(config.data_source, config.data_dir)
   return split_data(raw, config)
@@ -115,7 +173,7 @@ def split_data(
   """Splits ``raw['train']`` into train and valid, trims test, and permutes pixels.
 
   Args:
-    raw: ``{'train': ..., 'test': ...}`` as :func:`lnorm.data.mnist.load_mnist` gives.
+    raw: ``{'train': ..., 'test': ...}`` as :func:`lnorm.lab.data.mnist.load_mnist` gives.
     config: reads ``num_train`` (0: all that ``num_valid`` leaves),
       ``num_valid``, ``num_test`` (0: all), ``split_seed``, ``permute_pixels``,
       ``permutation_seed``.
@@ -145,37 +203,40 @@ def split_data(
   return out
 
 
-def make_model(config: ml_collections.ConfigDict) -> MLP:
-  """The MLP of ``config``."""
-  return MLP(
+def make_model(config: ml_collections.ConfigDict) -> models.Model:
+  """The MLP of ``config`` as a :class:`lnorm.lab.models.Model` (NNX with ``api='nnx'``)."""
+  kwargs = dict(
     hidden_sizes=tuple(config.hidden_sizes),
     norm=config.norm,
     unbiased_variance=config.unbiased_variance,
     epsilon=config.norm_epsilon,
   )
+  if config.api == 'nnx':
+    return models.nnx(lambda rngs: NnxMLP(**kwargs, rngs=rngs))
+  return models.linen(MLP(**kwargs), jnp.zeros((1, NUM_PIXELS), jnp.float32), train=False)
 
 
-def make_loss_fn(model: MLP) -> training.LossFn:
-  """``(params, batch_stats, batch, rng) -> (mean NLL, ({'error'}, new batch_stats))``."""
+def make_loss_fn(model: models.Model) -> LossFn:
+  """``(params, model_state, batch, rng) -> (mean NLL, ({'error'}, new model_state))``."""
 
-  def loss_fn(params, batch_stats, batch, rng):
+  def loss_fn(params, model_state, batch, rng):
     del rng  # The model is deterministic.
-    variables = {'params': params, 'batch_stats': batch_stats}
-    logits, updates = model.apply(variables, batch['image'], train=True, mutable=['batch_stats'])
+    logits, model_state = model.apply(
+      params, model_state, batch['image'], train=True, update_state=True
+    )
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     error = jnp.mean(jnp.argmax(logits, -1) != batch['label'])
-    return jnp.mean(nll), ({'error': error}, updates.get('batch_stats', batch_stats))
+    return jnp.mean(nll), ({'error': error}, model_state)
 
   return loss_fn
 
 
-def make_eval_fn(model: MLP):
+def make_eval_fn(model: models.Model):
   """A jitted ``(state, batch) -> {'nll', 'error'}``, per-example ``<float32>[batch]``."""
 
   @jax.jit
-  def eval_fn(state: training.TrainState, batch):
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    logits = model.apply(variables, batch['image'], train=False)
+  def eval_fn(state: TrainState, batch):
+    logits, _ = model.apply(state.params, state.model_state, batch['image'], train=False)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     error = (jnp.argmax(logits, -1) != batch['label']).astype(jnp.float32)
     return {'nll': nll, 'error': error}
@@ -183,68 +244,37 @@ def make_eval_fn(model: MLP):
   return eval_fn
 
 
-def create_train_state(
-  config: ml_collections.ConfigDict, model: MLP, tx: optax.GradientTransformation
-) -> training.TrainState:
-  """The initial state (params from ``key(seed)``), on the host."""
-  x = jnp.zeros((1, NUM_PIXELS), jnp.float32)
-  variables = model.init(jax.random.key(config.seed), x, train=False)
-  return training.TrainState.create(
-    apply_fn=model.apply,
-    params=variables['params'],
-    batch_stats=variables.get('batch_stats', {}),
-    tx=tx,
-  )
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains the MLP of ``config`` in ``workdir`` (resuming what is there); returns final.json."""
-  check_config(config)
-  data = load_data(config)
-  return train_on_data(config, workdir, data)
-
-
-def train_on_data(
-  config: ml_collections.ConfigDict, workdir: str, data: dict[str, dict[str, np.ndarray]]
-) -> dict[str, Any]:
-  """:func:`train_and_evaluate` on splits already loaded by :func:`load_data`."""
-  mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
-  eval_batch = -(-config.eval_batch_size // mesh.size) * mesh.size
-  train = data['train']
-  num_examples, batch_size = len(train['label']), config.batch_size
-  steps_per_epoch = num_examples // batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f'batch_size={batch_size} exceeds the {num_examples} training examples.')
-  num_steps = config.num_epochs * steps_per_epoch
-
+def make_experiment(
+  config: ml_collections.ConfigDict,
+  workdir: pathlib.Path,
+  mesh: Mesh,
+  data: dict[str, dict[str, np.ndarray]] | None = None,
+) -> Experiment:
+  """The pMNIST experiment of ``config``; ``data`` as :func:`load_data` gives (default: loaded)."""
+  del workdir
+  data = load_data(config) if data is None else data
   model = make_model(config)
-  tx, _ = training.make_optimizer(config, num_steps)
   eval_fn = make_eval_fn(model)
-
-  def init_state():
-    return sharding.replicate(create_train_state(config, model, tx), mesh)
-
-  def get_batches(step, n):
-    idx = training.batch_indices(config.seed, step, n, num_examples, batch_size)
-    return {'image': train['image'][idx], 'label': train['label'][idx]}
 
   def evaluate(state):
     out = {}
     for split in ('valid', 'test'):
       if len(data[split]['label']):
-        means = training.evaluate_arrays(eval_fn, state, data[split], eval_batch, mesh)
+        means = batching.evaluate_arrays(eval_fn, state, data[split], config.eval_batch_size, mesh)
         out.update({f'{split}/{k}': v for k, v in means.items()})
     return out
 
-  return training.train_loop(
-    config=config,
-    workdir=workdir,
-    init_state=init_state,
-    loss_fn=make_loss_fn(model),
-    get_batches=get_batches,
-    evaluate=evaluate,
-    steps_per_epoch=steps_per_epoch,
-    num_steps=num_steps,
-    mesh=mesh,
+  evaluator = Evaluator(
+    'valid+test', evaluate, every_steps=config.eval_every_steps, per_epoch=config.evals_per_epoch
   )
+  return Experiment(
+    init=model.init,
+    loss=make_loss_fn(model),
+    train=batching.shuffled_arrays(data['train'], config.batch_size, config.seed),
+    evaluators=[evaluator],
+  )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains the MLP of ``config`` in ``workdir`` (resuming what is there); returns final.json."""
+  return runner.train_and_evaluate(config, workdir)

@@ -30,15 +30,15 @@ changes a result. Adam, gradient clipping by global norm at 5, sentences cut to 
 (29 words + ``<eos>``), every batch padded to 30: one static shape under jit (bucketing
 would save little here, since the three sentences of a triple have unrelated lengths).
 
-Data: (previous, current, next) triples of :mod:`lnorm.data.books` from
+Data: (previous, current, next) triples of :mod:`lnorm.lab.data.books` from
 ``config.data_dir`` (default ``$LNORM_DATA_DIR/books``). The first run in a workdir
-tokenizes the books once (:func:`lnorm.text.tokenize`), builds the vocabulary (the
+tokenizes the books once (:func:`lnorm.lab.text.tokenize`), builds the vocabulary (the
 ``vocab_size`` most frequent words of the corpus, plus ``<pad>``, ``<eos>``, ``<unk>``) and
 saves ``vocab.json`` and ``corpus.npz`` (token ids) in the workdir; a resumed run reads
 them back. ``num_valid`` triples (a seeded choice) are held out for ``valid/nll``.
 
 Evaluation (:func:`make_encoder`, :func:`senteval_metrics`): the sentence vector
-``h_i`` of the current parameters feeds :mod:`lnorm.senteval` on
+``h_i`` of the current parameters feeds :mod:`lnorm.lab.senteval` on
 ``config.senteval_tasks`` at step 0 (the untrained encoder), every
 ``senteval_every_steps`` and at the last step, logged as ``senteval/MR``, ...,
 ``senteval/SICK_r``. :func:`evaluate_checkpoint` (``scripts/skip_thoughts_eval.py``)
@@ -61,18 +61,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from lnorm import checkpoints as ckpt_lib
-from lnorm import config_args, senteval, sharding, training
-from lnorm import text as text_lib
-from lnorm.data import senteval as senteval_data
+from lnorm.lab import batching, config_args, models, runner, senteval
+from lnorm.lab import text as text_lib
+from lnorm.lab import workdir as workdir_lib
+from lnorm.lab.contract import Evaluator, Experiment, LossFn
+from lnorm.lab.data import senteval as senteval_data
 from lnorm.recurrent import GRU_NORMS, GRUCell
 
 CONDITIONINGS = ('every_step', 'initial_state')
 VOCAB_FILE = 'vocab.json'
 CORPUS_FILE = 'corpus.npz'
 #: Fields that change neither the data order nor the updates (beyond the trainer's own).
-EVAL_FIELDS = (
+RESUME_SAFE = (
   'num_steps',
   'senteval_dir',
   'senteval_tasks',
@@ -176,16 +178,16 @@ def token_nll(logits: jax.Array, targets: jax.Array, lengths: jax.Array) -> tupl
   return jnp.sum(jnp.where(mask, nll, 0.0), axis=1), jnp.sum(mask, axis=1).astype(jnp.float32)
 
 
-def make_loss_fn(model: SkipThoughts) -> training.LossFn:
-  """``(params, batch_stats, batch, rng) -> (per-token NLL, ({prev_nll, next_nll}, {}))``."""
+def make_loss_fn(model: SkipThoughts) -> LossFn:
+  """``(params, model_state, batch, rng) -> (per-token NLL, ({prev_nll, next_nll}, {}))``."""
 
-  def loss_fn(params, batch_stats, batch, rng):
+  def loss_fn(params, model_state, batch, rng):
     del rng  # Deterministic.
     logits_prev, logits_next = model.apply({'params': params}, batch)
     sp, np_ = token_nll(logits_prev, batch['prev'], batch['prev_len'])
     sn, nn_ = token_nll(logits_next, batch['next'], batch['next_len'])
     loss = (sp.sum() + sn.sum()) / (np_.sum() + nn_.sum())
-    return loss, ({'prev_nll': sp.sum() / np_.sum(), 'next_nll': sn.sum() / nn_.sum()}, batch_stats)
+    return loss, ({'prev_nll': sp.sum() / np_.sum(), 'next_nll': sn.sum() / nn_.sum()}, model_state)
 
   return loss_fn
 
@@ -203,14 +205,6 @@ def make_eval_fn(model: SkipThoughts):
   return eval_fn
 
 
-def init_params(model: SkipThoughts, seed: int, max_length: int) -> Any:
-  """The initial parameters (from ``key(seed)``), on the host."""
-  ids = jnp.ones((1, max_length), jnp.int32)
-  n = jnp.ones((1,), jnp.int32)
-  batch = {'prev': ids, 'cur': ids, 'next': ids, 'prev_len': n, 'cur_len': n, 'next_len': n}
-  return model.init(jax.random.key(seed), batch)['params']
-
-
 # ----------------------------------------------------------------------------------------
 # Data.
 
@@ -225,7 +219,7 @@ def read_corpus(
     ``int64[M]`` the positions ``c`` of the triples' current sentences: ``c - 1`` and
     ``c + 1`` are in the same book (triples never cross books).
   """
-  from lnorm.data import books
+  from lnorm.lab.data import books
 
   tokens, centers = [], []
   for path in books.book_files(data_dir):
@@ -247,8 +241,10 @@ def encode_corpus(
   return text_lib.pad_batch(seqs, length=max_length)
 
 
-def prepare_data(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """The corpus as token ids, built once and cached in ``workdir`` (module docstring).
+def prepare_data(
+  config: ml_collections.ConfigDict, workdir: str | os.PathLike, books_dir: str | os.PathLike
+) -> dict:
+  """The corpus of ``books_dir`` as token ids, built once and cached in ``workdir``.
 
   Returns:
     ``{'vocab', 'ids' int32[N, T], 'lengths' int32[N], 'train' int64[M_train],
@@ -264,7 +260,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     logging.info('Read the vocabulary and corpus cached in %s.', workdir)
   else:
     tic = time.perf_counter()
-    tokens, centers = read_corpus(config.data_dir, config.data_layout)
+    tokens, centers = read_corpus(books_dir, config.data_layout)
     if vocab_path.exists():
       vocab = text_lib.Vocabulary.load(vocab_path)  # The saved one wins (resume).
     else:
@@ -361,7 +357,7 @@ def senteval_results(
   max_examples: int = 0,
   seed: int = 0,
 ) -> dict:
-  """:func:`lnorm.senteval.evaluate_task` for each task: ``{task: result}``."""
+  """:func:`lnorm.lab.senteval.evaluate_task` for each task: ``{task: result}``."""
   results = {}
   for task in tasks:
     results[task] = senteval.evaluate_task(
@@ -376,32 +372,18 @@ def senteval_results(
 # Config checks and training.
 
 
-def default_data_dir(name: str) -> str | None:
-  """``$LNORM_DATA_DIR/<name>``, else ``../shared/data/<name>`` next to the repo, if it exists."""
-  root = os.environ.get('LNORM_DATA_DIR')
-  candidates = [pathlib.Path(root) / name] if root else []
-  candidates.append(pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / name)
-  for c in candidates:
-    if c.is_dir():
-      return str(c)
-  return None
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises a ValueError naming the field and the allowed values if ``config`` is invalid."""
-  if config.experiment != 'skip_thoughts':
-    raise ValueError(
-      f"experiment must be 'skip_thoughts' for this module; got {config.experiment!r}."
-    )
   config_args.check_choice('norm', config.norm, GRU_NORMS)
   config_args.check_choice('decoder_conditioning', config.decoder_conditioning, CONDITIONINGS)
   config_args.check_choice('data_layout', config.data_layout, ('auto', 'text', 'lines'))
-  training.check_training_config(config)
   for name in ('embed_dim', 'hidden_dim', 'vocab_size', 'eval_batch_size'):
     config_args.check_int(name, config[name], minimum=1)
   config_args.check_int('max_length', config.max_length, minimum=2)
   for name in ('num_steps', 'num_valid', 'senteval_every_steps', 'senteval_max_examples'):
     config_args.check_int(name, config[name], minimum=0)
+  config_args.check_int('eval_every_steps', config.eval_every_steps, minimum=0)
+  config_args.check_int('evals_per_epoch', config.evals_per_epoch, minimum=0)
   config_args.check_int('split_seed', config.split_seed)
   config_args.check_int('senteval_folds', config.senteval_folds, minimum=2)
   config_args.check_int('senteval_inner_folds', config.senteval_inner_folds, minimum=2)
@@ -409,80 +391,72 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   parse_tasks(config.senteval_tasks)
 
 
+def sample_batch(max_length: int) -> dict[str, jax.Array]:
+  """A one-triple batch of ``max_length`` ids: what :class:`SkipThoughts` is initialized with."""
+  ids = jnp.ones((1, max_length), jnp.int32)
+  n = jnp.ones((1,), jnp.int32)
+  return {'prev': ids, 'cur': ids, 'next': ids, 'prev_len': n, 'cur_len': n, 'next_len': n}
+
+
+def make_experiment(
+  config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh, data: dict | None = None
+) -> Experiment:
+  """The skip-thoughts experiment of ``config``; ``data`` as :func:`prepare_data` gives."""
+  if data is None:
+    books_dir = workdir_lib.find_data_dir('books', config.data_dir)
+    if not books_dir:
+      raise FileNotFoundError(
+        'no books: set data_dir=... to a directory of books (e.g. ../shared/data/books), or '
+        '$LNORM_DATA_DIR to a folder with books/ in it.'
+      )
+    data = prepare_data(config, workdir, books_dir)
+  tasks = parse_tasks(config.senteval_tasks)
+  senteval_dir = workdir_lib.find_data_dir('senteval', config.senteval_dir) if tasks else None
+  if tasks and not senteval_dir:
+    logging.warning('no SentEval data (senteval_dir, $LNORM_DATA_DIR/senteval): none evaluated.')
+
+  module = make_model(config, len(data['vocab']))
+  model = models.linen(module, sample_batch(config.max_length))
+  eval_fn = make_eval_fn(module)
+  centers = data['train']
+
+  def valid_nll(state):
+    valid = triple_batch(data, data['valid'])
+    sums = batching.evaluate_arrays(eval_fn, state, valid, config.eval_batch_size, mesh)
+    return {'valid/nll': sums['nll_sum'] / sums['tokens']}
+
+  def senteval_scores(state):
+    tic = time.perf_counter()
+    encode = make_encoder(module, state.params, data['vocab'], config.max_length)
+    results = senteval_results(
+      encode, senteval_dir, tasks, config.senteval_folds, config.senteval_inner_folds,
+      config.senteval_max_examples,
+    )  # fmt: skip
+    return dict(senteval.flat_metrics(results), **{'senteval/seconds': time.perf_counter() - tic})
+
+  evaluators = []
+  if len(data['valid']):
+    evaluators.append(
+      Evaluator('valid', valid_nll, config.eval_every_steps, config.evals_per_epoch, at_start=True)
+    )
+  if senteval_dir:
+    evaluators.append(
+      Evaluator('senteval', senteval_scores, config.senteval_every_steps, at_start=True)
+    )
+  return Experiment(
+    init=model.init,
+    loss=make_loss_fn(module),
+    train=batching.shuffled(
+      len(centers), config.batch_size, config.seed, lambda i: triple_batch(data, centers[i])
+    ),
+    evaluators=evaluators,
+    num_steps=config.num_steps or None,
+  )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the model of ``config`` in ``workdir`` (resuming what is there); returns final.json."""
-  check_config(config)
-  if not config.data_dir:
-    raise ValueError(
-      'data_dir is not set and $LNORM_DATA_DIR/books was not found: set data_dir=... to a '
-      'directory of books (e.g. ../shared/data/books).'
-    )
-  data = prepare_data(config, workdir)
-  return train_on_data(config, workdir, data)
-
-
-def train_on_data(config: ml_collections.ConfigDict, workdir: str, data: dict) -> dict[str, Any]:
-  """:func:`train_and_evaluate` on data from :func:`prepare_data`."""
-  mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
-  train_centers = data['train']
-  num_examples, batch_size = len(train_centers), config.batch_size
-  steps_per_epoch = num_examples // batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f'batch_size={batch_size} exceeds the {num_examples} training triples.')
-  num_steps = config.num_steps or config.num_epochs * steps_per_epoch
-  tasks = parse_tasks(config.senteval_tasks)
-  if tasks and not config.senteval_dir:
-    logging.warning('senteval_dir is not set: no SentEval evaluation during training.')
-    tasks = ()
-
-  model = make_model(config, len(data['vocab']))
-  tx, _ = training.make_optimizer(config, num_steps)
-  eval_fn = make_eval_fn(model)
-  eval_batch = -(-config.eval_batch_size // mesh.size) * mesh.size
-  valid = triple_batch(data, data['valid']) if len(data['valid']) else None
-
-  def init_state():
-    params = init_params(model, config.seed, config.max_length)
-    state = training.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-    return sharding.replicate(state, mesh)
-
-  def get_batches(step, n):
-    idx = training.batch_indices(config.seed, step, n, num_examples, batch_size)
-    return triple_batch(data, train_centers[idx])
-
-  def evaluate(state):
-    out = {}
-    if valid is not None:
-      sums = training.evaluate_arrays(eval_fn, state, valid, eval_batch, mesh)
-      out['valid/nll'] = sums['nll_sum'] / sums['tokens']
-    step = int(state.step)
-    every = config.senteval_every_steps
-    if tasks and (step == 0 or step == num_steps or (every and step % every == 0)):
-      tic = time.perf_counter()
-      encode = make_encoder(model, state.params, data['vocab'], config.max_length)
-      results = senteval_results(
-        encode, config.senteval_dir, tasks, config.senteval_folds, config.senteval_inner_folds,
-        config.senteval_max_examples,
-      )  # fmt: skip
-      out.update(senteval.flat_metrics(results))
-      out['senteval/seconds'] = time.perf_counter() - tic
-    return out
-
-  safe = training.resume_safe_fields(config) + EVAL_FIELDS
-  return training.train_loop(
-    config=config,
-    workdir=workdir,
-    init_state=init_state,
-    loss_fn=make_loss_fn(model),
-    get_batches=get_batches,
-    evaluate=evaluate,
-    steps_per_epoch=steps_per_epoch,
-    num_steps=num_steps,
-    mesh=mesh,
-    resume_safe=safe,
-    eval_at_start=True,
-  )
+  return runner.train_and_evaluate(config, workdir)
 
 
 # ----------------------------------------------------------------------------------------
@@ -491,28 +465,12 @@ def train_on_data(config: ml_collections.ConfigDict, workdir: str, data: dict) -
 
 def load_checkpoint(workdir: str | os.PathLike, step: int | None = None):
   """``(config, model, params, vocab, step)`` of checkpoint ``step`` (default: the latest)."""
-  workdir = pathlib.Path(workdir)
-  saved = ckpt_lib.read_json(workdir / ckpt_lib.CONFIG_FILE)
-  if saved is None:
-    raise FileNotFoundError(f'{workdir} holds no {ckpt_lib.CONFIG_FILE}: not a run directory.')
-  config = ml_collections.ConfigDict(saved)
-  vocab = text_lib.Vocabulary.load(workdir / VOCAB_FILE)
-  model = make_model(config, len(vocab))
-  checkpointer = ckpt_lib.Checkpointer(workdir / ckpt_lib.CHECKPOINT_DIR)
-  try:
-    steps = checkpointer.all_steps()
-    if not steps:
-      raise FileNotFoundError(f'{workdir} holds no checkpoint.')
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise ValueError(f'{workdir} has no checkpoint of step {step}; it has {steps}.')
-    tx, _ = training.make_optimizer(config, max(1, config.num_steps))
-    params = init_params(model, config.seed, config.max_length)
-    like = training.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-    state, _ = checkpointer.restore(step, like)
-  finally:
-    checkpointer.close()
-  return config, model, state.params, vocab, step
+  config = runner.load_config(workdir)
+  vocab = text_lib.Vocabulary.load(pathlib.Path(workdir) / VOCAB_FILE)
+  module = make_model(config, len(vocab))
+  init = models.linen(module, sample_batch(config.max_length)).init
+  state, step = runner.restore_checkpoint(workdir, config, init, step)
+  return config, module, state.params, vocab, step
 
 
 def evaluate_checkpoint(
@@ -530,7 +488,7 @@ def evaluate_checkpoint(
     ``{'step', 'tasks', 'results' ({task: result}), 'metrics' (flat)}``.
   """
   config, model, params, vocab, step = load_checkpoint(workdir, step)
-  senteval_dir = senteval_dir or config.get('senteval_dir') or default_data_dir('senteval')
+  senteval_dir = workdir_lib.find_data_dir('senteval', senteval_dir or config.get('senteval_dir'))
   if not senteval_dir:
     raise ValueError('no SentEval directory: pass senteval_dir (e.g. ../shared/data/senteval).')
   encode = make_encoder(model, params, vocab, config.max_length)

@@ -2,12 +2,12 @@
 
 Run book::
 
-    python scripts/bench.py            # full run, ~5-10 min on 2 cores: results/bench.{md,json}
-    python scripts/bench.py --quick    # ~1-2 min, smaller shapes: results/bench-quick.{md,json}
-    python scripts/bench.py --sections=layer_norm --reps=21
+    python -m scripts.bench            # full run, ~5-10 min on 2 cores: results/bench.{md,json}
+    python -m scripts.bench --quick    # ~1-2 min, smaller shapes: results/bench-quick.{md,json}
+    python -m scripts.bench --sections=layer_norm --reps=21
 
 Every number that matters is a ratio of medians of interleaved runs measured
-in the same process after compilation (see :mod:`lnorm.benchmarking`); the
+in the same process after compilation (see :mod:`lnorm.lab.benchmarking`); the
 report's header gives the machine, the load average and the library versions.
 
 Sections (``--sections``, comma-separated; add one by writing a function
@@ -94,8 +94,8 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from lnorm import benchmarking as B  # noqa: E402
 from lnorm import functional as F  # noqa: E402
+from lnorm.lab import benchmarking as B  # noqa: E402
 
 
 @dataclass
@@ -501,15 +501,17 @@ def _pmnist_ours(norm: str, batch: int, steps_per_call: int):
   import numpy as np
 
   from experiments import pmnist
-  from lnorm import sharding, training
+  from lnorm.lab import optimizers, runner, sharding
 
   config = _pmnist_config(norm, batch)
   model = pmnist.make_model(config)
-  tx, schedule = training.make_optimizer(config, 10**6)
+  tx, schedule = optimizers.make_optimizer(config, 10**6)
   mesh = sharding.make_mesh()
-  holder = {'state': sharding.replicate(pmnist.create_train_state(config, model, tx), mesh)}
-  chunk = training.make_train_chunk(
-    training.make_train_step(pmnist.make_loss_fn(model), schedule), mesh
+  params, model_state = model.init(jax.random.key(0))
+  state = runner.TrainState(jax.numpy.int32(0), params, model_state, tx.init(params))
+  holder = {'state': sharding.replicate(state, mesh)}
+  chunk = runner.make_train_chunk(
+    runner.make_train_step(pmnist.make_loss_fn(model), tx, schedule), mesh
   )
   rng = np.random.default_rng(0)
   batches = {
@@ -530,7 +532,6 @@ def _pmnist_ours(norm: str, batch: int, steps_per_call: int):
 
 
 def _pmnist_config(norm: str, batch: int):
-  sys.path.insert(0, str(REPO))
   from configs.pmnist import get_config
 
   return get_config(f'norm={norm},batch_size={batch}')
@@ -725,7 +726,7 @@ def section_pmnist(cfg: Config) -> Section:
     [
       f'Training throughput of the pMNIST MLP 784-1000-1000-10 (P = {p:,} parameters',
       "with layer norm) with Adam (lr 1e-3). **ours**: the experiment's real step",
-      '(`experiments.pmnist.make_loss_fn` -> `lnorm.training.make_train_step` ->',
+      '(`experiments.pmnist.make_loss_fn` -> `lnorm.lab.runner.make_train_step` ->',
       '`make_train_chunk`: a `lax.scan` of K steps per jitted call, state donated,',
       'metrics and the finiteness flag fetched after each call as `train_loop` does),',
       f'K = {settings[0][1]} at batch 128 (the config default) and {settings[1][1]} at',
@@ -775,7 +776,7 @@ def _report(info, sections: list[Section], cfg: Config) -> str:
   lines = [
     f'# lnorm benchmark{" (quick)" if cfg.quick else ""}',
     '',
-    f'`python scripts/bench.py{" --quick" if cfg.quick else ""}` on {info["date"]}.',
+    f'`python -m scripts.bench{" --quick" if cfg.quick else ""}` on {info["date"]}.',
     '',
     f'- CPU: {info["cpu"]}, {info["cores"]} cores, {info["memory_gib"]} GiB; '
     f'devices {", ".join(info["devices"])}',

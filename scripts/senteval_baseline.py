@@ -8,7 +8,7 @@ random vectors unrelated to the sentence land at chance, the bag of random word 
   python scripts/senteval_baseline.py --data_dir ../shared/data/senteval --encoder random \
     --tasks MR --json runs/senteval_random.json
 
-Prints a Markdown table (lnorm.senteval.format_table); --json also writes the results.
+Prints a Markdown table (lnorm.lab.senteval.format_table); --json also writes the results.
 """
 
 import argparse
@@ -17,10 +17,8 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from lnorm import senteval  # noqa: E402
-from lnorm.data import senteval as senteval_data  # noqa: E402
+from lnorm.lab import senteval
+from lnorm.lab.data import senteval as senteval_data
 
 
 def main(argv=None):

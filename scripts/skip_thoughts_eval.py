@@ -1,23 +1,19 @@
 """SentEval on a checkpoint of a skip-thoughts run (default: its latest, full protocol).
 
-  python scripts/skip_thoughts_eval.py --workdir=runs/skip_thoughts/cpu-layer
-  python scripts/skip_thoughts_eval.py --workdir=runs/skip_thoughts/cpu-layer --step=40 \
+  python -m scripts.skip_thoughts_eval --workdir=runs/skip_thoughts/cpu-layer
+  python -m scripts.skip_thoughts_eval --workdir=runs/skip_thoughts/cpu-layer --step=40 \
       --tasks=MR,SICK --folds=5 --inner_folds=2 --max_examples=2000
 
-Prints a Markdown table (lnorm.senteval.format_table) and writes
+Prints a Markdown table (lnorm.lab.senteval.format_table) and writes
 ``<workdir>/senteval-<step>.json``. The SentEval data: ``--senteval_dir``, else the
 run's ``senteval_dir``, else ``$LNORM_DATA_DIR/senteval`` or ``../shared/data/senteval``.
 """
 
 import argparse
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from experiments import skip_thoughts  # noqa: E402
-from lnorm import senteval  # noqa: E402
-from lnorm.data import senteval as senteval_data  # noqa: E402
+from experiments import skip_thoughts
+from lnorm.lab import senteval
+from lnorm.lab.data import senteval as senteval_data
 
 
 def main(argv=None):

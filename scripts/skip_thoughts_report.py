@@ -1,21 +1,18 @@
-"""Figure-4-like curves and Table-3-like tables of skip-thoughts runs (lnorm.compare).
+"""Figure-4-like curves and Table-3-like tables of skip-thoughts runs (lnorm.lab.compare).
 
   python scripts/skip_thoughts_report.py runs/skip_thoughts/cpu-none runs/skip_thoughts/cpu-layer \
       --out results/skip_thoughts
 
 Writes ``OUT.png`` (SentEval scores against training steps, one line per norm, drawn by
-:func:`lnorm.compare.plot`) and ``OUT.md``: the comparison tool's table (best and last
+:func:`lnorm.lab.compare.plot`) and ``OUT.md``: the comparison tool's table (best and last
 value per norm), then the scores of every evaluated step per norm, the training
 throughput and how far each run got. ``--note`` prepends a paragraph to ``OUT.md``.
 """
 
 import argparse
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from lnorm import compare  # noqa: E402
+from lnorm.lab import compare
 
 METRICS = (
   'senteval/MR',
@@ -82,7 +79,7 @@ def main(argv=None):
   summaries = compare.summarize(groups, metrics, HIGHER)
   table = compare.markdown_table(summaries, metrics, ('norm',), ())
   md = [args.note.strip() + '\n' if args.note else '']
-  md += ['## Best and last value per norm (lnorm.compare)\n', table]
+  md += ['## Best and last value per norm (lnorm.lab.compare)\n', table]
   md += ['## Every evaluated step\n', per_step_table(runs, metrics)]
   md += ['## How far the runs got\n', progress_table(runs)]
   pathlib.Path(args.out + '.md').write_text('\n'.join(md))

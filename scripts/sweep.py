@@ -91,8 +91,6 @@ def load_sweep(config_spec: str) -> tuple[str, list[str]]:
   path = pathlib.Path(config_file)
   if not path.is_file():
     raise FileNotFoundError(f'config file {config_file} not found.')
-  if str(REPO_ROOT) not in sys.path:
-    sys.path.append(str(REPO_ROOT))  # configs import lnorm and experiments from the root.
   spec = importlib.util.spec_from_file_location(f'_sweep_config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # Dataclasses and pickling look the module up there.

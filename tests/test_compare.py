@@ -1,4 +1,4 @@
-"""lnorm.compare: table values from fake workdirs with known numbers, grouping, PNG, errors."""
+"""lnorm.lab.compare: table values from fake workdirs with known numbers, grouping, PNG, errors."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from lnorm import compare
+from lnorm.lab import compare
 
 
 def make_run(root, name, config, rows, final=None, extra_line=None):

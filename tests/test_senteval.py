@@ -1,10 +1,10 @@
-"""Tests of the SentEval harness itself (lnorm.senteval): folds, classifiers, SICK setup."""
+"""Tests of the SentEval harness itself (lnorm.lab.senteval): folds, classifiers, SICK setup."""
 
 import numpy as np
 import pytest
 import scipy.optimize
 
-from lnorm import senteval
+from lnorm.lab import senteval
 
 QUICK = {'n_folds': 3, 'inner_folds': 3, 'cs': (2.0**-6, 2.0**-2, 1.0)}
 

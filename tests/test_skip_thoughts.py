@@ -13,17 +13,16 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-  sys.path.insert(0, str(REPO_ROOT))  # configs/ and experiments/ live at the root.
+from configs import skip_thoughts as st_config
+from experiments import skip_thoughts as st
+from lnorm.lab import metrics, models, optimizers, runner
+from lnorm.lab import text as text_lib
 
-from configs import skip_thoughts as st_config  # noqa: E402
-from experiments import skip_thoughts as st  # noqa: E402
-from lnorm import metrics, training  # noqa: E402
-from lnorm import text as text_lib  # noqa: E402
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 GUTENBERG = """\
 The Project Gutenberg EBook of Cats, by Nobody
@@ -102,7 +101,7 @@ def test_corpus_triples_stay_in_books_and_are_cached(tmp_path, data_dirs):
     books[centers + 1] == books[centers]
   )
   config = _config(data_dirs)
-  data = st.prepare_data(config, tmp_path)
+  data = st.prepare_data(config, tmp_path, config.data_dir)
   assert (tmp_path / st.VOCAB_FILE).exists() and (tmp_path / st.CORPUS_FILE).exists()
   assert data['ids'].shape == (70, config.max_length) and data['ids'].dtype == np.int32
   assert len(data['train']) + len(data['valid']) == 66 and len(data['valid']) == config.num_valid
@@ -115,14 +114,15 @@ def test_corpus_triples_stay_in_books_and_are_cached(tmp_path, data_dirs):
   assert batch['cur'].shape == (3, config.max_length) and batch['next_len'].shape == (3,)
   # A second call reads the cache, whatever data_dir says now (resume uses the saved data).
   config.data_dir = str(tmp_path / 'gone')
-  again = st.prepare_data(config, tmp_path)
+  again = st.prepare_data(config, tmp_path, config.data_dir)
   assert again['vocab'] == data['vocab']
   np.testing.assert_array_equal(again['ids'], data['ids'])
 
 
 def _model_and_params(norm='layer', conditioning='every_step', vocab=50, max_length=12):
   model = st.SkipThoughts(vocab, 8, 16, norm=norm, conditioning=conditioning)
-  return model, st.init_params(model, 0, max_length)
+  params, _ = models.linen(model, st.sample_batch(max_length)).init(jax.random.key(0))
+  return model, params
 
 
 @pytest.mark.parametrize('norm', ['none', 'layer'])
@@ -172,9 +172,9 @@ def test_loss_decreases_on_a_tiny_repeated_corpus():
   data = {'ids': ids, 'lengths': lengths}
   batch = st.triple_batch(data, np.array([1, 2, 3, 4, 1, 2, 3, 4]))
   model, params = _model_and_params('layer')
-  tx, schedule = training.make_optimizer(config, 100)
-  state = training.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-  step = jax.jit(training.make_train_step(st.make_loss_fn(model), schedule))
+  tx, schedule = optimizers.make_optimizer(config, 100)
+  state = runner.TrainState(jnp.int32(0), params, {}, tx.init(params))
+  step = jax.jit(runner.make_train_step(st.make_loss_fn(model), tx, schedule))
   losses = []
   for _ in range(40):
     state, m = step(state, batch, jax.random.key(0))
@@ -212,14 +212,14 @@ def test_encoder_and_senteval_on_a_small_slice(data_dirs):
 def test_bad_config_values_fail_clearly(arg, match):
   arg = arg if arg.startswith('size=') else f'smoke,{arg}'  # smoke would override the size.
   with pytest.raises(ValueError, match=match):
-    st_config.get_config(arg)
+    runner.check_config(st_config.get_config(arg))
 
 
 def test_check_config_catches_overrides():
   config = st_config.get_config('smoke')
   config.max_length = 1
   with pytest.raises(ValueError, match='max_length must be an integer >= 2'):
-    st.check_config(config)
+    runner.check_config(config)
 
 
 def test_end_to_end_through_main_and_evaluate_checkpoint(tmp_path, data_dirs):

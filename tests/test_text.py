@@ -1,4 +1,4 @@
-"""Tests of lnorm.text: sentence splitting, tokenization, vocabulary, bucketed batching."""
+"""Tests of lnorm.lab.text: sentence splitting, tokenization, vocabulary, bucketed batching."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lnorm import text
+from lnorm.lab import text
 
 
 @pytest.mark.parametrize(

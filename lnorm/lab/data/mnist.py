@@ -31,7 +31,8 @@ Sources:
 
 Command line, to prepare the tfds data once (e.g. in a set-up step)::
 
-    python -m lnorm.data.mnist --data_dir ~/tensorflow_datasets --manual_dir ../shared/data/mnist
+    python -m lnorm.lab.data.mnist --data_dir ~/tensorflow_datasets \
+        --manual_dir ../shared/data/mnist
 """
 
 from __future__ import annotations
@@ -406,7 +407,7 @@ def load_tfds(data_dir=None, manual_dir=None) -> Splits:
 
 def _prepare_in_subprocess(data_dir: pathlib.Path, manual_dir: pathlib.Path) -> None:
   """Runs :func:`prepare_tfds` in a fresh Python, keeping TensorFlow out of this process."""
-  cmd = [sys.executable, '-m', 'lnorm.data.mnist', '--data_dir', os.fspath(data_dir)]
+  cmd = [sys.executable, '-m', 'lnorm.lab.data.mnist', '--data_dir', os.fspath(data_dir)]
   cmd += ['--manual_dir', os.fspath(manual_dir)]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode != 0:

@@ -1,17 +1,22 @@
-"""The run directory: its saved config, checkpoints (orbax) and ``final.json``.
+"""The run directory's files, their names, and JSON reading and writing: one place.
 
 Layout of a workdir::
 
   config.json      the config of the run (written before training starts)
-  metrics.jsonl    one row per logged step (:mod:`lnorm.metrics`)
+  metrics.jsonl    one row per logged step (:mod:`lnorm.lab.metrics`)
   tb/              TensorBoard event files
-  checkpoints/<step>/{state,meta}   the last few checkpoints (orbax)
+  images/          summary images and texts of evaluators
+  checkpoints/<step>/{state,meta}   the last few checkpoints (:mod:`lnorm.lab.checkpoints`)
   final.json       written last: final metrics, or ``diverged: true``
 
 Re-running on a workdir resumes from its last checkpoint. The new config must
 equal the saved one except for the fields a caller declares resume-safe
 (those that change neither the data order nor the updates, e.g. how often to
 log); otherwise :func:`check_or_write_config` refuses, naming each field.
+
+Data sets are found by :func:`find_data_dir`: the config's field, then
+``$LNORM_DATA_DIR/<name>``, then ``../shared/data/<name>`` next to the
+repository, the same inside and outside ``make``.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ import pathlib
 from collections.abc import Iterable
 from typing import Any
 
-import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
+METRICS_FILE = 'metrics.jsonl'
+TB_DIR = 'tb'
+SUMMARY_DIR = 'images'
 CONFIG_FILE = 'config.json'
 FINAL_FILE = 'final.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -122,49 +128,25 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
   os.replace(tmp, path)
 
 
-class Checkpointer:
-  """Saves and restores ``(train state, JSON metadata)`` pairs by step with orbax.
+#: The repository's checkout (``lnorm/lab/workdir.py`` is three levels down).
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-  Saves run in the background; a checkpoint becomes visible only once it is
-  complete, so a run killed mid-save resumes from the previous one.
 
-  Args:
-    directory: where the checkpoints go (``<workdir>/checkpoints``).
-    max_to_keep: how many of the latest checkpoints to keep.
-  """
+def data_roots() -> list[pathlib.Path]:
+  """Where data sets are looked for: ``$LNORM_DATA_DIR``, then ``../shared/data`` by the repo."""
+  roots = []
+  if os.environ.get('LNORM_DATA_DIR'):
+    roots.append(pathlib.Path(os.environ['LNORM_DATA_DIR']).expanduser())
+  roots.append(REPO_ROOT.parent / 'shared' / 'data')
+  return roots
 
-  def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3):
-    options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
-    )
-    self._manager = ocp.CheckpointManager(
-      pathlib.Path(directory).absolute(), options=options, item_names=('state', 'meta')
-    )
 
-  def latest_step(self) -> int | None:
-    """The step of the newest complete checkpoint, or ``None``."""
-    return self._manager.latest_step()
-
-  def all_steps(self) -> list[int]:
-    """The steps of the kept checkpoints, oldest first."""
-    return sorted(self._manager.all_steps())
-
-  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Starts saving ``state`` (a pytree of arrays) and ``meta`` (JSON data) as ``step``."""
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    self._manager.save(step, args=args, force=True)
-
-  def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores checkpoint ``step`` with the structure, dtypes and shardings of ``like``."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-    restored = self._manager.restore(step, args=args)
-    return restored.state, restored.meta
-
-  def wait(self) -> None:
-    """Blocks until background saves are done."""
-    self._manager.wait_until_finished()
-
-  def close(self) -> None:
-    """Waits for saves and releases the manager."""
-    self._manager.close()
+def find_data_dir(name: str, configured: str | os.PathLike | None = None) -> str | None:
+  """The directory of data set ``name``: ``configured`` if given, else the first of
+  :func:`data_roots` holding ``name``, else ``None``."""
+  if configured:
+    return str(pathlib.Path(configured).expanduser())
+  for root in data_roots():
+    if (root / name).is_dir():
+      return str(root / name)
+  return None

@@ -213,7 +213,7 @@ class Vocabulary:
     [3, 2, 1]
   """
 
-  FORMAT = 'lnorm.text.Vocabulary/1'
+  FORMAT = 'lnorm.lab.text.Vocabulary/1'
 
   def __init__(self, words: Sequence[str], counts: Sequence[int] | None = None):
     """Makes a vocabulary from its ordinary words (the reserved tokens are prepended).

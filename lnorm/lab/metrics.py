@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-METRICS_FILE = 'metrics.jsonl'
-TB_DIR = 'tb'
+from lnorm.lab.workdir import METRICS_FILE, SUMMARY_DIR, TB_DIR
+
 REQUIRED_KEYS = ('step', 'epoch', 'examples', 'wall_s')
 
 
@@ -116,6 +116,40 @@ class MetricWriter:
       for key, value in row.items():
         if key not in REQUIRED_KEYS and isinstance(value, int | float):
           self._tb.add_scalar(key, value, global_step=row['step'])
+      self._tb.flush()
+
+  def write_summaries(self, step: int, summaries: dict[str, Any]) -> None:
+    """Writes images (:class:`~lnorm.lab.contract.Image`) and texts to TensorBoard and ``images/``.
+
+    An image is ``<float in [0, 1] | uint8>[H, W]`` or ``[H, W, 3]``; its file is
+    ``images/<key with / as ->-<step>.png``.
+    """
+    from lnorm.lab.contract import Image, Text
+
+    folder = self.workdir / SUMMARY_DIR
+    folder.mkdir(exist_ok=True)
+    for key, value in summaries.items():
+      stem = f'{key.replace("/", "-")}-{step}'
+      if isinstance(value, Image):
+        image = np.asarray(value.array)
+        if image.dtype != np.uint8:
+          image = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+        import matplotlib.image
+
+        matplotlib.image.imsave(
+          folder / f'{stem}.png', image, cmap='gray' if image.ndim == 2 else None
+        )
+        if self._tb is not None:
+          self._tb.add_image(
+            key, image, global_step=step, dataformats='HW' if image.ndim == 2 else 'HWC'
+          )
+      elif isinstance(value, Text):
+        (folder / f'{stem}.txt').write_text(value.text)
+        if self._tb is not None:
+          self._tb.add_text(key, value.text, global_step=step)
+      else:
+        raise TypeError(f'summary {key!r}: expected Image or Text, got {type(value).__name__}.')
+    if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:

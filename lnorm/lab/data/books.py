@@ -6,7 +6,7 @@ path, read as UTF-8, falling back to latin-1):
 * ``'text'``: running text as Project Gutenberg publishes it: hard-wrapped lines,
   paragraphs separated by blank lines. The Gutenberg licence header and footer are
   stripped (:func:`strip_gutenberg`), then paragraphs are split into sentences with
-  :func:`lnorm.text.split_sentences`. ``../shared/data/books`` (16 public-domain books,
+  :func:`lnorm.lab.text.split_sentences`. ``../shared/data/books`` (16 public-domain books,
   about 1.1M words) is this layout.
 * ``'lines'``: BookCorpus style, one sentence per line (blank lines ignored).
 * ``'auto'`` (default) picks ``'lines'`` for a file when at least 60% of its non-empty lines
@@ -15,7 +15,7 @@ path, read as UTF-8, falling back to latin-1):
 
 Triples never cross a book boundary: a book of ``n`` sentences gives ``n - 2`` triples,
 whose ``current`` sentences are its sentences ``1 .. n-2``. Sentences are kept as text
-(tokenize them with :func:`lnorm.text.tokenize`); sentences without any letter
+(tokenize them with :func:`lnorm.lab.text.tokenize`); sentences without any letter
 (``* * *``, page numbers) are dropped.
 
 Use :func:`iter_triples` directly (plain Python, no TensorFlow), or the
@@ -36,7 +36,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lnorm import text as text_lib
+from lnorm.lab import text as text_lib
 
 LAYOUTS = ('auto', 'text', 'lines')
 

@@ -6,7 +6,7 @@ list of ``key=value`` pairs and bare flags (a bare ``key`` means
 ``key=True``), as in big_vision. :func:`parse_arg` turns it into a ConfigDict,
 converting every value to the type of its default::
 
-    >>> from lnorm.config_args import parse_arg
+    >>> from lnorm.lab.config_args import parse_arg
     >>> a = parse_arg('norm=batch,batch_size=4,smoke', norm='layer', batch_size=128, smoke=False)
     >>> (a.norm, a.batch_size, a.smoke)
     ('batch', 4, True)
@@ -129,11 +129,12 @@ def check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
 
 
 def optimizer_fields(learning_rate: float, grad_clip_norm: float = 0.0) -> dict[str, Any]:
-  """The optimizer fields every experiment config has (read by :mod:`lnorm.training`).
+  """The optimizer fields every experiment config has (read by :mod:`lnorm.lab.optimizers`).
 
   Adam (the paper's optimizer everywhere) with its usual constants, a constant
   learning rate, no warm-up, no weight decay; ``grad_clip_norm`` clips the
-  gradient by its global norm (0: off). A config sets them with
+  gradient by its global norm (0: off), ``grad_clip_per_tensor`` each
+  parameter's gradient (0: off). A config sets them with
   ``config.update(optimizer_fields(...))`` and may override any of them.
   """
   return dict(
@@ -142,6 +143,7 @@ def optimizer_fields(learning_rate: float, grad_clip_norm: float = 0.0) -> dict[
     lr_schedule='constant',
     warmup_steps=0,
     grad_clip_norm=grad_clip_norm,
+    grad_clip_per_tensor=0.0,
     weight_decay=0.0,
     adam_b1=0.9,
     adam_b2=0.999,

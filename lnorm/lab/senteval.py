@@ -3,7 +3,7 @@
 Runs on any encoder ``encode(sentences: list[str]) -> float[N, D]`` (numpy or jax array).
 The sentences are passed as they are in SentEval's files (already tokenized, lowercased
 for MR/CR/SUBJ/MPQA); the encoder does its own tokenization and must accept ``''`` (CR
-and MPQA hold a few empty lines, which SentEval keeps). Data: :mod:`lnorm.data.senteval`.
+and MPQA hold a few empty lines, which SentEval keeps). Data: :mod:`lnorm.lab.data.senteval`.
 
 Protocols (written for this project; the choices follow Kiros et al. 2015 and SentEval):
 
@@ -49,8 +49,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from threadpoolctl import threadpool_limits
 
-from lnorm import text as text_lib
-from lnorm.data import senteval as data
+from lnorm.lab import text as text_lib
+from lnorm.lab.data import senteval as data
 
 Encoder = Callable[[list[str]], np.ndarray]
 
@@ -113,7 +113,7 @@ class BagOfRandomWords:
 
   Each word's vector is drawn from a generator seeded with ``(seed, crc32(word))``, so
   it is the same in every process and needs no vocabulary. Words are
-  :func:`lnorm.text.tokenize` tokens (lowercased); the empty sentence maps to zeros.
+  :func:`lnorm.lab.text.tokenize` tokens (lowercased); the empty sentence maps to zeros.
   """
 
   def __init__(self, dim: int = 300, seed: int = 0, lower: bool = True):
@@ -421,7 +421,7 @@ def evaluate_task(
   Args:
     encode: the encoder.
     data_dir: directory in SentEval's layout (``../shared/data/senteval``).
-    task: one of :data:`lnorm.data.senteval.TASKS`.
+    task: one of :data:`lnorm.lab.data.senteval.TASKS`.
     n_folds, inner_folds, cs, l2s, seed: see the evaluation functions.
     batch_size: sentences per ``encode`` call.
     max_examples: for MR/CR/SUBJ/MPQA, evaluate a seeded stratified subset of this size

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import sys
 import warnings
@@ -34,11 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from lnorm.metrics import METRICS_FILE, read_metrics
+from lnorm.lab.metrics import read_metrics
+from lnorm.lab.workdir import CONFIG_FILE, FINAL_FILE, METRICS_FILE, read_json
 
 X_AXES = ('step', 'epoch', 'examples', 'wall_s')
-CONFIG_FILE = 'config.json'
-FINAL_FILE = 'final.json'
 
 
 @dataclasses.dataclass
@@ -93,10 +91,6 @@ def flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def _read_json(path: pathlib.Path) -> Any:
-  return json.loads(path.read_text()) if path.is_file() else None
-
-
 def load_run(workdir: str | pathlib.Path) -> RunData:
   """Reads one workdir.
 
@@ -111,8 +105,8 @@ def load_run(workdir: str | pathlib.Path) -> RunData:
   rows = sorted(read_metrics(path), key=lambda r: r.get('step', 0))
   if not rows:
     raise ValueError(f'{path}: {METRICS_FILE} is empty.')
-  config = _read_json(path / CONFIG_FILE) or {}
-  return RunData(path, flatten(config), rows, _read_json(path / FINAL_FILE))
+  config = read_json(path / CONFIG_FILE) or {}
+  return RunData(path, flatten(config), rows, read_json(path / FINAL_FILE))
 
 
 def load_runs(paths: Sequence[str | pathlib.Path], warn: Callable[[str], None] | None = None):
