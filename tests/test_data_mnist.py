@@ -7,6 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from lnorm.lab import workdir
 from lnorm.lab.data import mnist
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -106,6 +107,7 @@ def test_missing_idx_files_message(tmp_path):
 
 def test_missing_tfds_manual_files_message(tmp_path, monkeypatch):
   monkeypatch.delenv('LNORM_DATA_DIR', raising=False)
+  monkeypatch.setattr(workdir, 'REPO_ROOT', tmp_path / 'no' / 'repo')  # No ../shared/data.
   manual = tmp_path / 'manual'
   manual.mkdir()
   with pytest.raises(FileNotFoundError) as e:
@@ -115,6 +117,7 @@ def test_missing_tfds_manual_files_message(tmp_path, monkeypatch):
   assert f'manual_dir {default_manual} lacks' in msg
   for name in mnist.MNIST_FILES:
     assert f'{default_manual}/{name}' in msg
+  assert 'data=embedded' in msg and '$LNORM_DATA_DIR' in msg
   with pytest.raises(FileNotFoundError, match=f'manual_dir {manual} lacks'):
     mnist.load_mnist('tfds', tmp_path / 'tfds', manual_dir=manual)
 

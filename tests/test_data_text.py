@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from lnorm.lab.data import books, senteval
 
@@ -121,29 +120,6 @@ def test_books_missing_files_fail_clearly(tmp_path):
     list(books.iter_triples(tmp_path))
 
 
-def test_book_triples_builder_roundtrip(tmp_path):
-  manual = tmp_path / 'manual'
-  manual.mkdir()
-  write_books(manual)
-  builder = books.prepare(manual, tmp_path / 'tfds')
-  source = builder.as_data_source('train')
-  expected = list(books.iter_triples(manual))
-  assert len(source) == len(expected) == builder.info.splits['train'].num_examples
-  got = sorted((ex['book'].decode(), int(ex['index']), ex['current'].decode()) for ex in source)
-  assert got == sorted((t['book'], t['index'], t['current']) for t in expected)
-  # A fresh builder reads what was prepared, without the manual files.
-  again = tfds.builder_from_directory(builder.data_dir)
-  assert len(again.as_data_source('train')) == len(expected)
-
-
-def test_book_triples_builder_missing_manual_dir(tmp_path):
-  empty = tmp_path / 'empty'
-  empty.mkdir()
-  (empty / 'readme.md').write_text('not a book')
-  with pytest.raises(FileNotFoundError, match='no book files'):
-    books.prepare(empty, tmp_path / 'tfds')
-
-
 # ------------------------------------------------------------------------------------------
 # SentEval.
 
@@ -212,31 +188,6 @@ def test_senteval_missing_files_fail_clearly(tmp_path):
     senteval.load_task(tmp_path, 'SST')
   with pytest.raises(ValueError, match='bad TREC line'):
     senteval.parse_trec_line('FOO:bar What ?')
-
-
-def test_senteval_builders_roundtrip(tmp_path):
-  manual = tmp_path / 'manual'
-  write_senteval(manual)
-  mr = senteval.prepare(manual, tmp_path / 'tfds', 'MR')
-  source = mr.as_data_source('train')
-  assert sorted((ex['sentence'].decode(), int(ex['label'])) for ex in source) == sorted(
-    [('a bad MR one .', 0), ('worse .', 0), ('', 0), ('a good MR one .', 1)]
-  )
-  assert mr.info.features['label'].names == ['negative', 'positive']
-  trec = senteval.prepare(manual, tmp_path / 'tfds', 'TREC')
-  assert {s: len(trec.as_data_source(s)) for s in ('train', 'test')} == {'train': 3, 'test': 2}
-  sick = senteval.prepare(manual, tmp_path / 'tfds', 'sick')
-  test = sorted(sick.as_data_source('test'), key=lambda ex: int(ex['pair_id']))
-  assert [ex['sentence_b'] for ex in test] == [b'X z', b'Q']
-  np.testing.assert_allclose([ex['relatedness'] for ex in test], [3.3, 5.0], rtol=1e-6)
-  assert len(sick.as_data_source('validation')) == 1
-
-
-def test_senteval_builder_missing_files(tmp_path):
-  (tmp_path / 'manual' / 'MR').mkdir(parents=True)
-  (tmp_path / 'manual' / 'MR' / 'rt-polarity.pos').write_text('x\n')
-  with pytest.raises(FileNotFoundError, match='MR/rt-polarity.neg'):
-    senteval.prepare(tmp_path / 'manual', tmp_path / 'tfds', 'MR')
 
 
 # ------------------------------------------------------------------------------------------

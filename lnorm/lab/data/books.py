@@ -18,12 +18,8 @@ whose ``current`` sentences are its sentences ``1 .. n-2``. Sentences are kept a
 (tokenize them with :func:`lnorm.lab.text.tokenize`); sentences without any letter
 (``* * *``, page numbers) are dropped.
 
-Use :func:`iter_triples` directly (plain Python, no TensorFlow), or the
-``tensorflow_datasets`` builder :class:`BookTriples` (ArrayRecord files, read back with
-``builder.as_data_source('train')``, also without TensorFlow)::
-
-  builder = prepare('../shared/data/books', data_dir='~/tensorflow_datasets')
-  source = builder.as_data_source('train')   # random access; source[i]['current'] is bytes
+The readers are plain Python (no TensorFlow): training tokenizes the books once and
+caches the ids in the workdir, which is faster than any prepared format would be here.
 """
 
 from __future__ import annotations
@@ -32,9 +28,6 @@ import os
 import pathlib
 import re
 from collections.abc import Iterator
-
-import numpy as np
-import tensorflow_datasets as tfds
 
 from lnorm.lab import text as text_lib
 
@@ -170,65 +163,3 @@ def iter_triples(manual_dir: str | os.PathLike, layout: str = 'auto') -> Iterato
         'current': sentences[i],
         'next': sentences[i + 1],
       }
-
-
-class BookTriples(tfds.core.GeneratorBasedBuilder):
-  """tfds builder of :func:`iter_triples` over the books in ``manual_dir`` (one split).
-
-  Written as ArrayRecord by default, so ``as_data_source('train')`` reads it without
-  TensorFlow. Keys are ``'<book>:<index>'``. One builder config per layout
-  (``'auto'``, the default, ``'text'``, ``'lines'``).
-  """
-
-  name = 'lnorm_book_triples'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-    'Put the books in manual_dir: plain-text files (*.txt, Project Gutenberg headers are '
-    'stripped) or BookCorpus-style files with one sentence per line. '
-    'Here: ../shared/data/books.'
-  )
-
-  BUILDER_CONFIGS = [
-    tfds.core.BuilderConfig(name=layout, description=f'file layout {layout!r}')
-    for layout in LAYOUTS
-  ]
-
-  def __init__(self, *, file_format: str = 'array_record', **kwargs):
-    super().__init__(file_format=file_format, **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description='Contiguous sentence triples from a directory of books (skip-thoughts).',
-      features=tfds.features.FeaturesDict(
-        {
-          'book': tfds.features.Text(),
-          'index': tfds.features.Scalar(dtype=np.int32),
-          'previous': tfds.features.Text(),
-          'current': tfds.features.Text(),
-          'next': tfds.features.Text(),
-        }
-      ),
-      supervised_keys=None,
-    )
-
-  def _split_generators(self, dl_manager):
-    files = book_files(dl_manager.manual_dir)  # fails clearly when missing
-    del files
-    return {'train': self._generate_examples(dl_manager.manual_dir)}
-
-  def _generate_examples(self, manual_dir):
-    for ex in iter_triples(manual_dir, self.builder_config.name):
-      yield f'{ex["book"]}:{ex["index"]}', ex
-
-
-def prepare(
-  manual_dir: str | os.PathLike, data_dir: str | os.PathLike, layout: str = 'auto'
-) -> BookTriples:
-  """Builds :class:`BookTriples` from ``manual_dir`` into ``data_dir`` (once) and returns it."""
-  builder = BookTriples(config=layout, data_dir=os.fspath(data_dir))
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
-  )
-  return builder

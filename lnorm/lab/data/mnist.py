@@ -48,6 +48,8 @@ import sys
 
 import numpy as np
 
+from lnorm.lab.workdir import find_data_dir
+
 SOURCES = ('tfds', 'idx', 'embedded')
 
 #: The four official files: name -> (sha256, size in bytes). The checksums are
@@ -107,7 +109,7 @@ def load_mnist(
     data_dir: for ``'tfds'``, the tfds data dir (default ``$LNORM_TFDS_DIR``,
       else tfds' own default, ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``);
       for ``'idx'``, the directory holding the four official files (default
-      ``$LNORM_DATA_DIR/mnist``); ignored by ``'embedded'``.
+      ``$LNORM_DATA_DIR/mnist``, else ``../shared/data/mnist``); ignored by ``'embedded'``.
     manual_dir: ``'tfds'`` only: where the four official ``.gz`` files are, to
       prepare the data set when it is not prepared yet (default
       ``$LNORM_DATA_DIR/mnist`` when that exists, else tfds' default
@@ -130,8 +132,9 @@ def load_mnist(
       data_dir = _env_mnist_dir()
       if data_dir is None:
         raise FileNotFoundError(
-          "source='idx' needs data_dir, or $LNORM_DATA_DIR with a 'mnist' folder.\n"
-          + _files_instructions('<data_dir>')
+          "source='idx' needs data_dir, or $LNORM_DATA_DIR with a 'mnist' folder "
+          '(or ../shared/data/mnist next to the repository), or the config arg '
+          'data=embedded for the embedded 5,000-digit subset.\n' + _files_instructions('<data_dir>')
         )
     return load_idx_dir(data_dir)
   if source == 'tfds':
@@ -231,10 +234,8 @@ def _files_instructions(directory) -> str:
 
 
 def _env_mnist_dir() -> pathlib.Path | None:
-  root = os.environ.get('LNORM_DATA_DIR')
-  if root and (pathlib.Path(root) / 'mnist').is_dir():
-    return pathlib.Path(root) / 'mnist'
-  return None
+  found = find_data_dir('mnist')
+  return pathlib.Path(found) if found else None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -331,7 +332,9 @@ def check_manual_dir(manual_dir: str | os.PathLike) -> pathlib.Path:
       f'tfds mnist is not prepared, and its manual_dir {manual_dir} lacks '
       f'{", ".join(missing)}.\n'
       + _files_instructions(manual_dir)
-      + '\nOr pass manual_dir= (or set $LNORM_DATA_DIR to a folder with mnist/ in it).'
+      + '\nOr set $LNORM_DATA_DIR to a folder with mnist/ in it, read the files directly '
+      'with the config args data=idx,data_dir=DIR, or run on the embedded 5,000-digit subset '
+      'with data=embedded.'
     )
   return manual_dir
 

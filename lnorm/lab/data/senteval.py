@@ -20,8 +20,7 @@ tab-separated with a header (``pair_ID sentence_A sentence_B relatedness_score
 entailment_judgment``).
 
 Plain-Python readers (:func:`load_binary`, :func:`load_trec`, :func:`load_sick`,
-:func:`load_task`) serve the evaluation directly; :class:`SentEval` is the
-``tensorflow_datasets`` builder over the same readers, one config per task.
+:func:`load_task`) serve the evaluation directly, without TensorFlow or tfds.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import os
 import pathlib
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 BINARY_TASKS = ('MR', 'CR', 'SUBJ', 'MPQA')
 TASKS = (*BINARY_TASKS, 'TREC', 'SICK')
@@ -185,83 +183,3 @@ def load_task(manual_dir: str | os.PathLike, task: str) -> dict:
   if task == 'SICK':
     return load_sick(manual_dir)
   raise ValueError(f'unknown SentEval task {task!r}; choose from {TASKS}')
-
-
-class SentEval(tfds.core.GeneratorBasedBuilder):
-  """tfds builder of the SentEval sets, one config per task (``'mr'``, ..., ``'sick'``).
-
-  Splits: ``train`` only for MR, CR, SUBJ, MPQA (evaluated by cross-validation);
-  ``train``/``test`` for TREC; ``train``/``validation``/``test`` for SICK (validation =
-  ``SICK_trial.txt``). Features: ``{'sentence': Text, 'label': ClassLabel}``, and for
-  SICK ``{'pair_id', 'sentence_a', 'sentence_b', 'relatedness': float32,
-  'entailment': ClassLabel}``. Written as ArrayRecord by default
-  (``as_data_source(split)`` reads it without TensorFlow).
-  """
-
-  name = 'lnorm_senteval'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  BUILDER_CONFIGS = [
-    tfds.core.BuilderConfig(name=task.lower(), description=f'SentEval {task}') for task in TASKS
-  ]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-    "Put the SentEval data in manual_dir with SentEval's layout: MR/rt-polarity.{pos,neg}, "
-    'CR/custrev.{pos,neg}, SUBJ/subj.{objective,subjective}, MPQA/mpqa.{pos,neg}, '
-    'TREC/{train_5500,TREC_10}.label, SICK/SICK_{train,trial,test_annotated}.txt. '
-    'Here: ../shared/data/senteval.'
-  )
-
-  def __init__(self, *, file_format: str = 'array_record', **kwargs):
-    super().__init__(file_format=file_format, **kwargs)
-
-  @property
-  def task(self) -> str:
-    return self.builder_config.name.upper()
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    task = self.task
-    if task == 'SICK':
-      features = {
-        'pair_id': tfds.features.Scalar(dtype=np.int64),
-        'sentence_a': tfds.features.Text(),
-        'sentence_b': tfds.features.Text(),
-        'relatedness': tfds.features.Scalar(dtype=np.float32),
-        'entailment': tfds.features.ClassLabel(names=list(SICK_ENTAILMENT)),
-      }
-      supervised = None
-    else:
-      names = TREC_CLASSES if task == 'TREC' else BINARY_CLASSES[task]
-      features = {
-        'sentence': tfds.features.Text(),
-        'label': tfds.features.ClassLabel(names=list(names)),
-      }
-      supervised = ('sentence', 'label')
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=f"SentEval {task}, read from SentEval's file layout in manual_dir.",
-      features=tfds.features.FeaturesDict(features),
-      supervised_keys=supervised,
-    )
-
-  def _split_generators(self, dl_manager):
-    data = load_task(dl_manager.manual_dir, self.task)  # fails clearly when missing
-    if self.task in BINARY_FILES:
-      return {'train': self._generate_examples(data)}
-    return {split: self._generate_examples(part) for split, part in data.items()}
-
-  def _generate_examples(self, data):
-    if 'sentence_a' in data:
-      for i in range(len(data['sentence_a'])):
-        yield i, {key: value[i] for key, value in data.items()}
-    else:
-      for i, (s, y) in enumerate(zip(data['sentences'], data['labels'], strict=True)):
-        yield i, {'sentence': s, 'label': int(y)}
-
-
-def prepare(manual_dir: str | os.PathLike, data_dir: str | os.PathLike, task: str) -> SentEval:
-  """Builds the :class:`SentEval` config of ``task`` into ``data_dir`` (once); returns it."""
-  builder = SentEval(config=task.lower(), data_dir=os.fspath(data_dir))
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
-  )
-  return builder
