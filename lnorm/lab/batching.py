@@ -1,4 +1,10 @@
-"""Batches of in-memory arrays: a seeded, resumable training stream and whole-set evaluation."""
+"""Batches of in-memory arrays: a seeded, resumable training stream and whole-set evaluation.
+
+Both work unchanged in a multi-process run (:mod:`lnorm.lab.distributed`): the
+global batch of a step is the same whatever the number of processes, and each
+process feeds only its rows of it (:func:`process_batches`); an evaluation
+splits each batch the same way and sums over all processes.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ def shuffled(
   batch_size: int,
   seed: int,
   gather: Callable[[np.ndarray], Any],
+  *,
+  rowwise: bool = False,
 ) -> TrainData:
   """A :class:`TrainData` visiting ``num_examples`` examples in a fresh order each epoch.
 
@@ -50,27 +58,60 @@ def shuffled(
     seed: the data order's seed (see :func:`batch_indices`).
     gather: ``<int64>[batch_size] indices -> host batch``, e.g.
       ``lambda i: {k: v[i] for k, v in arrays.items()}``.
+    rowwise: each row of ``gather``'s batch depends only on its own index (no
+      padding to the batch's longest example), so a process of a multi-process
+      run may gather only its rows (:attr:`TrainData.batch_rows`); otherwise it
+      gathers the whole batch and keeps its rows.
   """
   steps_per_epoch = num_examples // batch_size
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size={batch_size} exceeds the {num_examples} training examples.')
 
-  def batches(start: int) -> Iterator[Any]:
+  def batch_rows(start: int, rows: slice) -> Iterator[Any]:
     step = start
     while True:
       # One epoch's order at a time: the permutation is drawn once per epoch.
       n = steps_per_epoch - step % steps_per_epoch
       for idx in batch_indices(seed, step, n, num_examples, batch_size):
-        yield gather(idx)
+        yield gather(idx[rows])
       step += n
 
-  return TrainData(batches=batches, steps_per_epoch=steps_per_epoch, batch_size=batch_size)
+  def batches(start: int) -> Iterator[Any]:
+    return batch_rows(start, slice(None))
+
+  return TrainData(
+    batches=batches,
+    steps_per_epoch=steps_per_epoch,
+    batch_size=batch_size,
+    batch_rows=batch_rows if rowwise else None,
+  )
 
 
 def shuffled_arrays(arrays: dict[str, np.ndarray], batch_size: int, seed: int) -> TrainData:
-  """:func:`shuffled` over a dict of arrays with a common leading axis."""
+  """:func:`shuffled` over a dict of arrays with a common leading axis (row-wise)."""
   n = len(next(iter(arrays.values())))
-  return shuffled(n, batch_size, seed, lambda idx: {k: v[idx] for k, v in arrays.items()})
+
+  def gather(idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[idx] for k, v in arrays.items()}
+
+  return shuffled(n, batch_size, seed, gather, rowwise=True)
+
+
+def process_batches(data: TrainData, start: int, mesh: Mesh) -> Iterator[Any]:
+  """The host batches of steps ``start, start + 1, ...`` that this process feeds.
+
+  With one process, ``data.batches(start)`` itself. With several, this
+  process's rows (:func:`lnorm.lab.sharding.process_rows`) of each global
+  batch: read alone through ``data.batch_rows`` when the stream has it,
+  otherwise cut from the whole batch. Either way the global batch of a step
+  is the one a single process would train on.
+  """
+  rows = sharding.process_rows(data.batch_size, mesh)
+  if rows == slice(0, data.batch_size):
+    return data.batches(start)
+  if data.batch_rows is not None:
+    return data.batch_rows(start, rows)
+  return (jax.tree.map(lambda x: np.asarray(x)[rows], b) for b in data.batches(start))
 
 
 def evaluate_arrays(
@@ -93,6 +134,14 @@ def evaluate_arrays(
 
   Returns:
     ``{name: mean over the N examples}`` as Python floats.
+
+  With several processes, every process holds all of ``data`` (the
+  experiment loaded it), feeds only its rows of each batch, and gets every
+  row's values back (:func:`lnorm.lab.sharding.to_host`: a few floats per
+  example), so all processes sum the same numbers in the same order as one
+  process would, and return the same means. (Each process evaluating a shard
+  of the set instead would need a cross-process sum of the means, in another
+  order.)
   """
   batch_size = -(-batch_size // mesh.size) * mesh.size
   n = len(next(iter(data.values())))
@@ -102,7 +151,7 @@ def evaluate_arrays(
     m = len(next(iter(batch.values())))
     if m < batch_size:
       batch = {k: np.concatenate([v, np.zeros_like(v[: batch_size - m])]) for k, v in batch.items()}
-    values = eval_fn(state, sharding.shard_batch(batch, mesh))
+    values = sharding.to_host(eval_fn(state, sharding.shard_batch(batch, mesh)))
     for k, v in values.items():
       sums[k] = sums.get(k, 0.0) + float(np.asarray(v, np.float64)[:m].sum())
   return {k: v / n for k, v in sums.items()}

@@ -90,11 +90,19 @@ class TrainData:
       split over the devices). A pure function of the seed and the step.
     steps_per_epoch: optimizer steps in one pass over the data (the ``epoch`` column).
     batch_size: examples per step (the ``examples`` column).
+    batch_rows: optional ``(start_step, rows) -> iterator`` of only the rows
+      ``rows`` (a ``slice`` of the batch axis) of the batches ``batches`` gives.
+      In a multi-process run each process feeds only its rows of the global
+      batch (:func:`lnorm.lab.batching.process_batches`): with this it reads
+      only those; without it, it builds each whole batch and keeps its rows,
+      which is right for any stream (e.g. one padding a batch to its longest
+      example) but reads every row on every process.
   """
 
   batches: Callable[[int], Iterator[Batch]]
   steps_per_epoch: int
   batch_size: int
+  batch_rows: Callable[[int, slice], Iterator[Batch]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

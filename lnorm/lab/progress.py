@@ -50,6 +50,7 @@ class Progress:
     tty: draw a bar in place (default: whether ``stream`` is a terminal).
     min_interval_s: least time between two plain lines (TTY: between redraws).
     width: the bar's width in characters.
+    enabled: report at all (a multi-process run reports from process 0 only).
   """
 
   def __init__(
@@ -61,6 +62,7 @@ class Progress:
     tty: bool | None = None,
     min_interval_s: float = 10.0,
     width: int = 20,
+    enabled: bool = True,
   ):
     self.total = total
     self.examples_per_step = examples_per_step
@@ -69,6 +71,7 @@ class Progress:
     self.tty = isatty() if tty is None else tty
     self.min_interval_s = 0.2 if self.tty else min_interval_s
     self.width = width
+    self.enabled = enabled
     self._start_step = initial
     self._start_time: float | None = None
     self._last_print = -float('inf')
@@ -91,6 +94,8 @@ class Progress:
 
   def update(self, step: int, extra: str = '', force: bool = False) -> None:
     """Reports ``step``; draws only if ``min_interval_s`` has passed (or ``force``)."""
+    if not self.enabled:
+      return
     now = time.perf_counter()
     if self._start_time is None:
       self._start_time, self._start_step = now, step
@@ -106,6 +111,6 @@ class Progress:
 
   def close(self) -> None:
     """Ends the bar's line on a terminal."""
-    if self.tty:
+    if self.tty and self.enabled:
       self.stream.write('\n')
       self.stream.flush()
