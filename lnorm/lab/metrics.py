@@ -91,10 +91,22 @@ class MetricWriter:
     resume_step: the step the run starts from; rows after it are removed from
       ``metrics.jsonl``, and TensorBoard is told to purge its events after it.
     tensorboard: also write TensorBoard event files.
+    enabled: write at all; ``False`` checks rows but touches no file (the
+      processes other than 0 of a multi-process run).
   """
 
-  def __init__(self, workdir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True):
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    resume_step: int = 0,
+    tensorboard: bool = True,
+    enabled: bool = True,
+  ):
     self.workdir = pathlib.Path(workdir)
+    self.enabled = enabled
+    self._file, self._tb = None, None
+    if not enabled:
+      return
     self.workdir.mkdir(parents=True, exist_ok=True)
     truncate_metrics(self.workdir, resume_step)
     self._file = open(self.workdir / METRICS_FILE, 'a')  # noqa: SIM115 (closed in close()).
@@ -110,6 +122,8 @@ class MetricWriter:
     if missing:
       raise ValueError(f'metric row lacks {missing}: {row}')
     row = {k: _plain(v) for k, v in row.items()}
+    if not self.enabled:
+      return
     self._file.write(json.dumps(row) + '\n')
     self._file.flush()
     if self._tb is not None:
@@ -126,6 +140,8 @@ class MetricWriter:
     """
     from lnorm.lab.contract import Image, Text
 
+    if not self.enabled:
+      return
     folder = self.workdir / SUMMARY_DIR
     folder.mkdir(exist_ok=True)
     for key, value in summaries.items():
@@ -154,6 +170,7 @@ class MetricWriter:
 
   def close(self) -> None:
     """Closes the files."""
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
