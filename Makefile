@@ -12,21 +12,32 @@ export LNORM_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: setup test demo lint format bench clean
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	touch $@
+
+# Everything the tests need (the experiments, TensorFlow for the one tfds
+# preparation test, pytest, ruff).
+$(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.created
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Only what the experiments need (no TensorFlow): what `make demo` installs.
+$(VENV)/.experiments: pyproject.toml constraints.txt $(VENV)/.created
+	$(PY) -m pip install -q -c constraints.txt -e '.[experiments]'
 	touch $@
 
 setup: $(VENV)/.installed
 
+# -rs: the reason of every skipped test (e.g. real data absent) is printed.
 test: setup
-	$(PY) -m pytest -n 2 --dist loadfile -q tests
+	$(PY) -m pytest -n 2 --dist loadfile -q -rs tests
 
 # A newcomer's main job, in a few minutes on 2 CPU cores: pMNIST with none,
 # batch and layer norm at batch sizes 128 and 4 on the embedded MNIST subset,
 # then the curves (runs/demo/compare.png) and the table (runs/demo/compare.md).
-demo: setup
+demo: $(VENV)/.experiments
 	$(PY) scripts/sweep.py --config=configs/pmnist.py:data=embedded,epochs=5,seeds=1 --root=runs/demo
 	$(PY) scripts/compare.py runs/demo/norm-* --metrics train/loss,test/error --x epoch --logy \
 		--title 'pMNIST, embedded 5k subset' --out runs/demo/compare

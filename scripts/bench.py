@@ -42,7 +42,6 @@ itself with it unless ``--allocator=default`` (the Makefile exports it too).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -53,12 +52,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lnorm.lab import cli
+
 HUGETLB = 'glibc.malloc.hugetlb=1'
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p = cli.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--quick', action='store_true', help='smaller shapes and fewer repetitions')
   p.add_argument('--sections', default='layer_norm,rnn,pmnist,allocator')
   p.add_argument('--reps', type=int, default=None, help='repetitions per timing (median)')

@@ -16,10 +16,11 @@ that a tool wrote (``scripts/compare.py --out results/pmnist`` writes
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import re
 import sys
+
+from lnorm.lab import cli
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def splice(readme: str, name: str, body: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('blocks', nargs='+', help='NAME=FILE pairs.')
   parser.add_argument('--readme', default=str(REPO_ROOT / 'README.md'))
   args = parser.parse_args(argv)

@@ -11,18 +11,17 @@ random vectors unrelated to the sentence land at chance, the bag of random word 
 Prints a Markdown table (lnorm.lab.senteval.format_table); --json also writes the results.
 """
 
-import argparse
 import json
 import pathlib
 import sys
 import time
 
-from lnorm.lab import senteval
+from lnorm.lab import cli, senteval
 from lnorm.lab.data import senteval as senteval_data
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--data_dir', required=True, help='SentEval layout (../shared/data/senteval)')
   parser.add_argument(
     '--encoder', choices=('bow', 'random'), default='bow',

@@ -9,15 +9,13 @@ Prints a Markdown table (lnorm.lab.senteval.format_table) and writes
 run's ``senteval_dir``, else ``$LNORM_DATA_DIR/senteval`` or ``../shared/data/senteval``.
 """
 
-import argparse
-
 from experiments import skip_thoughts
-from lnorm.lab import senteval
+from lnorm.lab import cli, senteval
 from lnorm.lab.data import senteval as senteval_data
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True, help='the run directory')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   parser.add_argument('--senteval_dir', default=None, help='SentEval layout')

@@ -9,10 +9,9 @@ value per norm), then the scores of every evaluated step per norm, the training
 throughput and how far each run got. ``--note`` prepends a paragraph to ``OUT.md``.
 """
 
-import argparse
 import pathlib
 
-from lnorm.lab import compare
+from lnorm.lab import cli, compare
 
 METRICS = (
   'senteval/MR',
@@ -63,7 +62,7 @@ def progress_table(runs) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('workdirs', nargs='+')
   parser.add_argument('--out', default='results/skip_thoughts')
   parser.add_argument('--note', default='', help='a paragraph (Markdown) put first in OUT.md')

@@ -44,6 +44,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lnorm.lab import cli
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FINAL_FILE = 'final.json'
 LOG_FILE = 'sweep.log'
@@ -134,6 +136,19 @@ def build_command(
   ]
 
 
+#: What an exit code of ``python -m lnorm.main`` means (its README section "Exit codes").
+OUTCOMES = {0: 'ok', 2: 'FAILED (bad command)', 3: 'FAILED (diverged)', 4: 'FAILED (files)'}
+
+
+def outcome(rc: int) -> str:
+  """``'ok'``, or ``'FAILED (...)'`` saying what the run's exit code means."""
+  if rc in OUTCOMES:
+    return OUTCOMES[rc]
+  if rc in (130, 143, -2, -15):
+    return f'FAILED (interrupted, rc={rc})'
+  return f'FAILED (rc={rc})'
+
+
 def run_sweep(
   runs: Sequence[Run],
   command_fn: Callable[[Run], list[str]],
@@ -190,10 +205,7 @@ def run_sweep(
     else:
       rc = subprocess.run(cmd, check=False).returncode
     where = f'; log: {run.workdir / LOG_FILE}' if log_to_files and rc else ''
-    echo(
-      f'[{i + 1}/{len(todo)}] {"ok" if rc == 0 else f"FAILED (rc={rc})"} {run.name} '
-      f'in {time.monotonic() - t0:.0f} s{where}'
-    )
+    echo(f'[{i + 1}/{len(todo)}] {outcome(rc)} {run.name} in {time.monotonic() - t0:.0f} s{where}')
     return rc
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
@@ -205,7 +217,7 @@ def run_sweep(
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   """The sweep's own flags, and the ``--config.x=y`` overrides to pass on."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
     description=__doc__.split('\n')[0],
     allow_abbrev=False,
     formatter_class=argparse.RawTextHelpFormatter,
@@ -227,8 +239,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-  config_file, sweep_args = load_sweep(args.config)
-  runs = plan_runs(sweep_args, args.root, args.filter)
+  try:
+    config_file, sweep_args = load_sweep(args.config)
+    runs = plan_runs(sweep_args, args.root, args.filter)
+  except (OSError, ValueError, TypeError) as e:  # A missing file or a bad sweep arg: one line.
+    print(f'sweep.py: error: {e}', file=sys.stderr)
+    return 2
   if not runs:
     print(f'no runs: get_sweep gave {len(sweep_args)} configs, none matching --filter.')
     return 1
@@ -242,9 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rerun_finished=args.rerun_finished,
     dry_run=args.dry_run,
   )
-  failed = [name for name, rc in results.items() if rc]
+  failed = [f'{name} ({outcome(rc)[8:-1]})' for name, rc in results.items() if rc]
   if failed:
-    print(f'{len(failed)} runs failed: {", ".join(failed)}')
+    print(f'{len(failed)} of {len(results)} runs failed: {", ".join(failed)}')
     return 1
   return 0
 

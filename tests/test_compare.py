@@ -217,5 +217,7 @@ def test_command_line(runs_dir, tmp_path, capsys):
   assert '| 128 | batch | 1 | 4 | 1/1 | 0.025 | 0.025 | 0.25 | 0.25 | 0.25 | 0.25 |' in (
     out.with_suffix('.md').read_text()
   )
-  with pytest.raises(ValueError, match='no run logged test/acc'):
+  with pytest.raises(SystemExit) as e:
     compare.main([*paths, '--metrics', 'test/acc', '--out', str(out)])
+  assert e.value.code == 2
+  assert 'compare.py: error: no run logged test/acc' in capsys.readouterr().err

@@ -99,7 +99,7 @@ def test_missing_idx_files_message(tmp_path):
   with pytest.raises(FileNotFoundError) as e:
     mnist.load_mnist('idx', tmp_path)
   msg = str(e.value)
-  assert f'missing in {tmp_path}: t10k-images-idx3-ubyte.gz.' in msg
+  assert f'missing in {tmp_path}: t10k-images-idx3-ubyte.gz (or use the config arg' in msg
   for name in mnist.MNIST_FILES:  # the instructions list all four, with their place
     assert f'{tmp_path}/{name}' in msg
   assert mnist.MNIST_URL in msg

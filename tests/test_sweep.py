@@ -142,7 +142,8 @@ def test_failed_runs_are_reported(tmp_path, fake_python, capsys):
   lines = []
   results = sweep.run_sweep(runs, command, parallel=2, echo=lines.append)
   assert results == {'norm-ok': 0, 'norm-fail': 3}
-  assert any('FAILED (rc=3) norm-fail' in ln and 'sweep.log' in ln for ln in lines)
+  assert any('FAILED (diverged) norm-fail' in ln and 'sweep.log' in ln for ln in lines)
+  assert results['norm-ok'] == 0  # The other run carried on.
   with pytest.raises(ValueError, match='parallel must be at least 1'):
     sweep.run_sweep(runs, command, parallel=0)
 
@@ -157,3 +158,32 @@ def test_dry_run_of_the_pmnist_sweep(tmp_path, capsys, monkeypatch):
   out = capsys.readouterr().out.splitlines()
   assert out[0].startswith(f'12 runs under {tmp_path}: 12 new')
   assert any('norm-layer_batch_size-4_seed-1_data-embedded' in ln for ln in out)
+
+
+@pytest.mark.parametrize(
+  'argv, expect',
+  [
+    (['--config=configs/nope.py', '--root=R'], 'config file configs/nope.py not found'),
+    (['--config=configs/pmnist.py:foo=1', '--root=R'], "unknown config arg 'foo'"),
+  ],
+)
+def test_sweep_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, expect):
+  assert sweep.main([a.replace('R', str(tmp_path)) for a in argv]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and expect in err[0]
+  with pytest.raises(SystemExit) as e:
+    sweep.main(['--config=configs/pmnist.py', f'--root={tmp_path}', '--bogus'])
+  assert e.value.code == 2
+  assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_compare_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
+  from lnorm.lab import compare
+
+  (tmp_path / 'empty').mkdir()
+  for paths in ([str(tmp_path / 'missing')], [str(tmp_path / 'empty')]):
+    with pytest.raises(SystemExit) as e:
+      compare.main(paths)
+    assert e.value.code == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if 'error:' in ln]
+    assert len(errors) == 1 and 'compare.py: error:' in errors[0]

@@ -23,7 +23,6 @@ writes ``results/pmnist.png`` and ``results/pmnist.md`` and prints the table.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import pathlib
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from lnorm.lab import cli
 from lnorm.lab.metrics import read_metrics
 from lnorm.lab.workdir import CONFIG_FILE, FINAL_FILE, METRICS_FILE, read_json
 
@@ -440,7 +440,7 @@ def _split(text: str | None) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The command line: see the module docstring and ``--help``."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
     description='Curves (PNG) and a table of best/final values (markdown) of run workdirs.'
   )
   parser.add_argument('workdirs', nargs='+', help='run directories (files are skipped).')
@@ -461,9 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
 
   warn = lambda msg: print(f'warning: {msg}', file=sys.stderr)
-  runs = load_runs(args.workdirs, warn=warn)
-  metrics = _split(args.metrics) or available_metrics(runs, results_only=True)
-  check_metrics(runs, metrics)
+  try:
+    runs = load_runs(args.workdirs, warn=warn)
+    metrics = _split(args.metrics) or available_metrics(runs, results_only=True)
+    check_metrics(runs, metrics)
+  except (OSError, ValueError) as e:  # Missing or empty run directories, unknown metrics.
+    parser.exit(2, f'compare.py: error: {e}\n')
   color_by, panel_by = _split(args.color), _split(args.panel)
   groups = group_runs(runs, color_by, panel_by, args.seed_field, warn=warn)
   maximize = _split(args.maximize) if args.maximize is not None else None

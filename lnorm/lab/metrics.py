@@ -16,6 +16,7 @@ belong to the lost part of the killed run), so every step appears once.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pathlib
@@ -39,17 +40,27 @@ def _plain(value: Any) -> Any:
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  """Returns the rows of ``<workdir>/metrics.jsonl`` (an empty list if there is none)."""
+  """Returns the rows of ``<workdir>/metrics.jsonl`` (an empty list if there is none).
+
+  A line that is not a JSON object with an integer ``step`` is skipped with a
+  warning naming the file and the line; the rows after it are kept.
+  """
   path = pathlib.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
   rows = []
-  for line in path.read_text().splitlines():
-    if line.strip():
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        break  # A line cut short by a kill: it and anything after it are dropped.
+  for number, line in enumerate(path.read_text().splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      row = None
+    if not isinstance(row, dict) or not isinstance(row.get('step'), int):
+      # E.g. a row cut short by a kill: skipped, and the rows after it are kept.
+      logging.warning('%s:%d: skipping a malformed metrics row: %.60r', path, number, line)
+      continue
+    rows.append(row)
   return rows
 
 

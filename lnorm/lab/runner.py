@@ -28,12 +28,16 @@ restarted writes the same numbers as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
 import logging
 import math
 import os
 import pathlib
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from types import ModuleType
@@ -46,8 +50,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from lnorm.lab import batching, config_args, distributed, optimizers, sharding
 from lnorm.lab import checkpoints as ckpt_lib
-from lnorm.lab import config_args, optimizers, sharding
 from lnorm.lab import workdir as workdir_lib
 from lnorm.lab.contract import Evaluator, Experiment, LossFn, TrainState
 from lnorm.lab.metrics import MetricWriter, read_metrics
@@ -64,6 +68,57 @@ RESUME_SAFE = (
   'data_dir',
 )
 DEFAULT_CACHE_DIR = '~/.cache/lnorm/jax'
+#: Exit codes of ``python -m lnorm.main`` (README, "Exit codes"): 2 a mistake in the command
+#: (config, workdir, data); 3 the run diverged; 4 a checkpoint or metric file could not be
+#: written or read; 128 + N the run was stopped by signal N after saving a checkpoint.
+EXIT_USAGE, EXIT_DIVERGED, EXIT_IO = 2, 3, 4
+
+
+class Interrupted(Exception):
+  """SIGINT or SIGTERM stopped the run after the checkpoint of ``step`` was written."""
+
+  def __init__(self, step: int, signum: int):
+    super().__init__(
+      f'interrupted at step {step}; checkpoint saved; rerun the same command to resume.'
+    )
+    self.step, self.signum = step, signum
+    self.exit_code = 128 + signum
+
+
+class _Signals:
+  """SIGINT/SIGTERM set a flag the loop reads after each call; a second one exits at once.
+
+  The loop then writes a checkpoint of the step it reached and raises
+  :class:`Interrupted`. A second signal (e.g. Ctrl-C twice) ends the process
+  immediately with ``128 + N``: orbax writes a checkpoint into a temporary
+  directory and renames it when complete, so the earlier checkpoints stay
+  intact and a half-written one is never read. Handlers are installed only in
+  the main thread (Python's rule); elsewhere the defaults stay.
+  """
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None:
+      os._exit(128 + signum)
+    self.received = signum
+    sys.stderr.write(
+      f'\n{signal.Signals(signum).name}: finishing the current step and saving a checkpoint '
+      '(send it again to stop at once).\n'
+    )
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGINT, signal.SIGTERM):
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
 
 
 def enable_compilation_cache(path: str | None = None) -> str | None:
@@ -265,9 +320,12 @@ def train_and_evaluate(
   module = check_config(config)
   mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_size(config.batch_size, mesh)
-  workdir = pathlib.Path(workdir)
-  _write_config(config, workdir, resume_safe_fields(config, module))
-  return _train(config, workdir, mesh, module.make_experiment(config, workdir, mesh))
+  workdir = workdir_lib.prepare_workdir(workdir)
+  with _lock(workdir):
+    with distributed.primary_first('make-experiment'):  # Process 0 writes what it caches.
+      _write_config(config, workdir, resume_safe_fields(config, module))
+      experiment = module.make_experiment(config, workdir, mesh)
+    return _train(config, workdir, mesh, experiment)
 
 
 def run(
@@ -287,12 +345,22 @@ def run(
   check_training_config(config)
   mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_size(config.batch_size, mesh)
-  workdir = pathlib.Path(workdir)
-  _write_config(config, workdir, resume_safe_fields(config, None) + tuple(resume_safe))
-  return _train(config, workdir, mesh, experiment)
+  workdir = workdir_lib.prepare_workdir(workdir)
+  with _lock(workdir):
+    _write_config(config, workdir, resume_safe_fields(config, None) + tuple(resume_safe))
+    return _train(config, workdir, mesh, experiment)
+
+
+def _lock(workdir: pathlib.Path):
+  """The workdir's lock, taken by the process that writes the run's files (process 0)."""
+  if jax.process_index() != 0:
+    return contextlib.nullcontext()
+  return workdir_lib.WorkdirLock(workdir)
 
 
 def _write_config(config, workdir: pathlib.Path, resume_safe: tuple[str, ...]) -> None:
+  if not distributed.is_primary():
+    return  # Process 0 checks and writes config.json for the whole run.
   changed = workdir_lib.check_or_write_config(workdir, config, resume_safe)
   if changed:
     logging.info('Resuming with changed resume-safe fields: %s', changed)
@@ -322,23 +390,29 @@ def _train(config, workdir: pathlib.Path, mesh: Mesh, exp: Experiment) -> dict[s
   start = checkpointer.latest_step() or 0
   meta: dict[str, Any] = {'wall_s': 0.0, 'train_sums': {}, 'train_count': 0}
   final = workdir_lib.read_json(final_path)
+  logged_start = any(r['step'] == 0 for r in read_metrics(workdir))
+  distributed.barrier('read-workdir')  # Every process has read it before process 0 changes it.
   if final is not None and (final.get('diverged') or final['step'] == num_steps == start):
     why = 'diverged' if final.get('diverged') else 'finished'
     logging.info('%s: the run has already %s; final.json is unchanged.', workdir, why)
     checkpointer.close()
     return final
-  if final is not None:
+  if final is not None and distributed.is_primary():
     final_path.unlink()  # E.g. num_epochs was raised: the run goes on.
   if start:
-    state, meta = checkpointer.restore(start, state)
+    state, meta, start = checkpointer.restore_latest(state) or (state, meta, 0)
     logging.info('Resumed from the checkpoint of step %d in %s.', start, workdir)
+  logging.info(
+    '%s: norm=%s batch_size=%d steps=%d (%d per epoch) on %d device(s); workdir %s',
+    config.experiment, config.get('norm', '-'), data.batch_size, num_steps, spe, mesh.size, workdir,
+  )  # fmt: skip
 
   cadence = _Cadence(config, exp.evaluators, spe, num_steps)
   chunk = make_train_chunk(make_train_step(exp.loss, tx, lr_schedule), mesh)
   rng = sharding.replicate(jax.random.key(config.seed), mesh)
   batch_size, k = data.batch_size, config.steps_per_call
-  writer = MetricWriter(workdir, resume_step=start)
-  progress = Progress(num_steps, start, batch_size)
+  writer = MetricWriter(workdir, resume_step=start, enabled=distributed.is_primary())
+  progress = Progress(num_steps, start, batch_size, enabled=distributed.is_primary())
   t0 = time.perf_counter() - meta['wall_s']
   sums: dict[str, float] = dict(meta['train_sums'])
   count: int = meta['train_count']
@@ -346,12 +420,12 @@ def _train(config, workdir: pathlib.Path, mesh: Mesh, exp: Experiment) -> dict[s
   last_row: dict[str, Any] = {}
   diverged_step = None
   at_start = [e for e in exp.evaluators if e.at_start]
-  if at_start and start == 0 and not any(r['step'] == 0 for r in read_metrics(workdir)):
+  if at_start and start == 0 and not logged_start:
     row = dict(_evaluate(at_start, state, writer, 0), step=0, epoch=0.0, examples=0)
     row['wall_s'] = time.perf_counter() - t0
     writer.write(row)
     last_row = row
-  stream = data.batches(start)
+  stream = batching.process_batches(data, start, mesh)  # This process's rows of each batch.
 
   def plan(s: int) -> tuple[int, list[Any]]:
     """The device batches of the steps from ``s`` to the next stop, as calls.
@@ -365,57 +439,76 @@ def _train(config, workdir: pathlib.Path, mesh: Mesh, exp: Experiment) -> dict[s
       raise ValueError(f'the training stream ended at step {s + len(host)} of {num_steps}.')
     if n == k and len({_shape_key(b) for b in host}) == 1:
       stacked = jax.tree.map(lambda *xs: np.stack(xs), *host)
-      return n, [sharding.shard_batch(stacked, mesh, batch_axis=1)]
+      return n, [sharding.shard_batch(stacked, mesh, batch_axis=1, local=True)]
     singles = [jax.tree.map(lambda x: np.asarray(x)[None], b) for b in host]
-    return n, [sharding.shard_batch(b, mesh, batch_axis=1) for b in singles]
+    return n, [sharding.shard_batch(b, mesh, batch_axis=1, local=True) for b in singles]
 
   step = start
   next_plan = plan(step) if step < num_steps else None
   compiled: set[tuple] = set()
-  while step < num_steps:
-    n, calls = next_plan
-    tic = time.perf_counter()
-    outs = []
-    for i, batches in enumerate(calls):
-      state, metrics, finite = chunk(state, batches, rng)
-      if i == len(calls) - 1:  # Prepare the next batches while the device works.
-        next_plan = plan(step + n) if step + n < num_steps else None
-      outs.append((metrics, finite))
-    metrics = {key: np.concatenate([np.asarray(m[key]) for m, _ in outs]) for key in outs[0][0]}
-    finite = all(bool(f) for _, f in outs)
-    shapes = {_shape_key(b) for b in calls}
-    if shapes <= compiled:  # Throughput without the calls that compiled.
-      train_time += time.perf_counter() - tic
-      train_examples += n * batch_size
-    compiled |= shapes
-    bad = first_bad(metrics, n)
-    if bad is not None or not finite:
-      diverged_step = step + (bad if bad is not None else n - 1) + 1
-      logging.error('Non-finite loss, gradient or parameters at step %d: stopping.', diverged_step)
-      break
-    for key, v in metrics.items():
-      sums[key] = sums.get(key, 0.0) + float(np.sum(v[:n], dtype=np.float64))
-    count += n
-    step += n
+  try:
+    with _Signals() as signals:
+      while step < num_steps:
+        n, calls = next_plan
+        tic = time.perf_counter()
+        outs = []
+        for i, batches in enumerate(calls):
+          state, metrics, finite = chunk(state, batches, rng)
+          if i == len(calls) - 1:  # Prepare the next batches while the device works.
+            next_plan = plan(step + n) if step + n < num_steps else None
+          outs.append((metrics, finite))
+        metrics = {key: np.concatenate([np.asarray(m[key]) for m, _ in outs]) for key in outs[0][0]}
+        finite = all(bool(f) for _, f in outs)
+        shapes = {_shape_key(b) for b in calls}
+        if shapes <= compiled:  # Throughput without the calls that compiled.
+          train_time += time.perf_counter() - tic
+          train_examples += n * batch_size
+        compiled |= shapes
+        bad = first_bad(metrics, n)
+        if bad is not None or not finite:
+          diverged_step = step + (bad if bad is not None else n - 1) + 1
+          logging.error(
+            'Non-finite loss, gradient or parameters at step %d: stopping.', diverged_step
+          )
+          break
+        for key, v in metrics.items():
+          sums[key] = sums.get(key, 0.0) + float(np.sum(v[:n], dtype=np.float64))
+        count += n
+        step += n
 
-    row = {}
-    if cadence.is_log(step):
-      row.update({f'train/{key}': v / count for key, v in sums.items()})
-      row['train/lr'] = float(metrics['lr'][n - 1])
-      sums, count = {}, 0
-    due = cadence.due(step)
-    if due:
-      row.update(_evaluate(due, state, writer, step))
-    wall = time.perf_counter() - t0
-    if row:
-      row.update(step=step, epoch=step / spe, examples=step * batch_size, wall_s=wall)
-      writer.write(row)
-      last_row = row
-    if cadence.is_checkpoint(step):
-      meta = {'wall_s': wall, 'train_sums': dict(sums), 'train_count': count}
-      checkpointer.save(step, state, meta)
-    loss_text = f'loss {row["train/loss"]:.4f}' if 'train/loss' in row else ''
-    progress.update(step, loss_text, force=bool(row) and not progress.tty)
+        row = {}
+        if cadence.is_log(step):
+          row.update({f'train/{key}': v / count for key, v in sums.items()})
+          row['train/lr'] = float(metrics['lr'][n - 1])
+          sums, count = {}, 0
+        due = cadence.due(step)
+        if due:
+          row.update(_evaluate(due, state, writer, step))
+        wall = time.perf_counter() - t0
+        if row:
+          row.update(step=step, epoch=step / spe, examples=step * batch_size, wall_s=wall)
+          writer.write(row)
+          last_row = row
+        if cadence.is_checkpoint(step):
+          meta = {'wall_s': wall, 'train_sums': dict(sums), 'train_count': count}
+          checkpointer.save(step, state, meta)
+        loss_text = f'loss {row["train/loss"]:.4f}' if 'train/loss' in row else ''
+        progress.update(step, loss_text, force=bool(row) and not progress.tty)
+        if distributed.any_process(signals.received is not None):  # All stop at the same step.
+          if not cadence.is_checkpoint(step):
+            meta = {'wall_s': wall, 'train_sums': dict(sums), 'train_count': count}
+            checkpointer.save(step, state, meta)
+          raise Interrupted(step, signals.received or signal.SIGTERM)
+  except BaseException:
+    # Whatever stops the run (a failed save, an interrupt, a bug), the checkpoints already
+    # being written are finished and the files closed: nothing written so far is lost.
+    progress.close()
+    with contextlib.suppress(Exception):
+      checkpointer.wait()
+    with contextlib.suppress(Exception):
+      checkpointer.close()
+    writer.close()
+    raise
   progress.close()
   checkpointer.wait()
   last_checkpoint = checkpointer.latest_step()
@@ -431,6 +524,7 @@ def _train(config, workdir: pathlib.Path, mesh: Mesh, exp: Experiment) -> dict[s
     wall_s=time.perf_counter() - t0,
     diverged=diverged_step is not None,
     num_devices=int(mesh.size),
+    num_processes=jax.process_count(),
     train_examples_per_s=train_examples / train_time if train_time > 0 else None,
   )
   if diverged_step is not None:
@@ -438,7 +532,8 @@ def _train(config, workdir: pathlib.Path, mesh: Mesh, exp: Experiment) -> dict[s
   final = {
     k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in final.items()
   }
-  workdir_lib.write_json(final_path, final)
+  if distributed.is_primary():
+    workdir_lib.write_json(final_path, final)
   return final
 
 

@@ -22,6 +22,7 @@ repository, the same inside and outside ``make``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Iterable
@@ -150,3 +151,83 @@ def find_data_dir(name: str, configured: str | os.PathLike | None = None) -> str
     if (root / name).is_dir():
       return str(root / name)
   return None
+
+
+class WorkdirError(ValueError):
+  """The workdir cannot be used: a file, not creatable, or in use by another run."""
+
+
+LOCK_FILE = 'lock'
+
+
+def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+  """Creates ``workdir`` if needed; a :class:`WorkdirError` in one line if it cannot be used."""
+  path = pathlib.Path(workdir).expanduser()
+  if path.exists() and not path.is_dir():
+    raise WorkdirError(f'--workdir {workdir} is a file, not a directory: choose another path.')
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / '.write-test'
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    why = e.strerror or type(e).__name__
+    raise WorkdirError(
+      f'cannot use --workdir {workdir}: {why}; choose a writable directory.'
+    ) from None
+  return path
+
+
+class WorkdirLock:
+  """An exclusive lock on a workdir for the length of a run (``<workdir>/lock``).
+
+  The lock is an ``fcntl.flock`` on the file, which the kernel drops when the
+  process ends in any way: a lock file left by a killed run is stale and is
+  taken over (with a log line); a live one makes :meth:`acquire` raise a
+  :class:`WorkdirError` naming the process that holds it. The file holds that
+  process's id, host and start time.
+  """
+
+  def __init__(self, workdir: str | os.PathLike):
+    self.path = pathlib.Path(workdir) / LOCK_FILE
+    self._file = None
+
+  def acquire(self) -> WorkdirLock:
+    import fcntl
+    import socket
+    import time
+
+    f = open(self.path, 'a+')  # noqa: SIM115 (held until release()).
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'another process'
+      f.close()
+      raise WorkdirError(
+        f'{self.path.parent} is in use by {holder}: wait for that run to end or stop it; '
+        'two runs must not share a workdir.'
+      ) from None
+    f.seek(0)
+    stale = f.read().strip()
+    if stale:
+      logging.info('Took over the stale lock of %s (that process has ended).', stale)
+    f.seek(0)
+    f.truncate()
+    f.write(f'process {os.getpid()} on {socket.gethostname()} since {time.strftime("%F %T")}\n')
+    f.flush()
+    self._file = f
+    return self
+
+  def release(self) -> None:
+    if self._file is not None:
+      self._file.seek(0)
+      self._file.truncate()
+      self._file.close()  # Closing drops the flock.
+      self._file = None
+
+  def __enter__(self) -> WorkdirLock:
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()

@@ -37,7 +37,6 @@ Command line, to prepare the tfds data once (e.g. in a set-up step)::
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import importlib.util
@@ -48,6 +47,7 @@ import sys
 
 import numpy as np
 
+from lnorm.lab import cli
 from lnorm.lab.workdir import find_data_dir
 
 SOURCES = ('tfds', 'idx', 'embedded')
@@ -201,7 +201,8 @@ def load_idx_dir(directory: str | os.PathLike) -> Splits:
   missing = [stem + '.gz' for stem, p in paths.items() if p is None]
   if missing:
     raise FileNotFoundError(
-      f'MNIST files missing in {directory}: {", ".join(missing)}.\n'
+      f'MNIST files missing in {directory}: {", ".join(missing)} (or use the config arg '
+      'data=embedded for the embedded subset, or set $LNORM_DATA_DIR).\n'
       + _files_instructions(directory)
     )
   out = {}
@@ -229,7 +230,8 @@ def _files_instructions(directory) -> str:
   return (
     f'Put the four official MNIST files there:\n{names}\n'
     f'Get them from {MNIST_URL}<name> (what tensorflow_datasets downloads; the '
-    'originals are at http://yann.lecun.com/exdb/mnist/). Keep the .gz names as they are.'
+    'originals are at http://yann.lecun.com/exdb/mnist/). Keep the .gz names as they are. '
+    'Or run on the embedded 5,000-digit subset with the config arg data=embedded.'
   )
 
 
@@ -419,7 +421,7 @@ def _prepare_in_subprocess(data_dir: pathlib.Path, manual_dir: pathlib.Path) -> 
 
 def main(argv: list[str] | None = None) -> None:
   """Command line: prepare tfds' mnist once, then report where it is."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
     description='Prepare the official tfds mnist builder (needs TensorFlow, once).'
   )
   parser.add_argument('--data_dir', default=None, help='tfds data dir (default: tfds default).')
