@@ -77,7 +77,7 @@ def truncate_metrics(workdir: str | os.PathLike, last_step: int) -> int:
 def _import_summary_writer():
   """tensorboardX's SummaryWriter, imported without PyTorch.
 
-  tensorboardX imports PyTorch when it is installed (about 4 s here) only to
+  tensorboardX imports PyTorch when it is installed (seconds of start-up) only to
   accept torch tensors; the metrics written here are Python floats, so the
   import is blocked for the moment tensorboardX loads (unless PyTorch is
   already loaded). A later ``import torch`` works as usual.

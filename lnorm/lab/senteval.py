@@ -60,9 +60,8 @@ DEFAULT_CS = tuple(2.0**k for k in range(-12, 3, 2))  # 1/4096 ... 4
 # L2 penalties of the SICK softmax regression, chosen on the trial set.
 DEFAULT_L2 = tuple(10.0**k for k in range(-5, 1))  # 1e-5 ... 1
 SCORES = np.arange(1.0, 6.0)  # r = (1, 2, 3, 4, 5)
-# BLAS threads while fitting. These problems are small: on the shared 2-core machine more
-# threads only oversubscribe it (2,000 MR sentences, 3x3 folds: 33 s with the default
-# threads, 2.7 s with one).
+# BLAS threads while fitting. These problems are small: more threads only oversubscribe
+# the cores that training and the other folds already use.
 BLAS_THREADS = 1
 
 
