@@ -221,3 +221,11 @@ def test_command_line(runs_dir, tmp_path, capsys):
     compare.main([*paths, '--metrics', 'test/acc', '--out', str(out)])
   assert e.value.code == 2
   assert 'compare.py: error: no run logged test/acc' in capsys.readouterr().err
+
+
+def test_each_norm_keeps_its_colour_in_every_figure():
+  from lnorm.lab import colors
+
+  assert len(set(colors.NORM_COLORS.values())) == len(colors.NORM_COLORS)
+  assert colors.norm_color('layer') == colors.NORM_COLORS['layer']
+  assert colors.norm_color('mystery', 1) not in colors.NORM_COLORS.values()

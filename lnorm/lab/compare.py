@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from lnorm.lab import cli
+from lnorm.lab.colors import norm_color
 from lnorm.lab.metrics import read_metrics
 from lnorm.lab.workdir import CONFIG_FILE, FINAL_FILE, METRICS_FILE, read_json
 
@@ -398,7 +399,10 @@ def plot(
     raise ValueError(f'x must be one of {", ".join(X_AXES)}; got {x!r}.')
   panels = sorted({g.panel for g in groups}, key=_tuple_key)
   colors = sorted({g.color for g in groups}, key=_tuple_key)
-  palette = {c: f'C{i % 10}' for i, c in enumerate(colors)}
+  if tuple(color_by) == ('norm',):  # Each norm keeps its colour across all figures.
+    palette = {c: norm_color(str(c[0]), i) for i, c in enumerate(colors)}
+  else:
+    palette = {c: f'C{i % 10}' for i, c in enumerate(colors)}
   nrows, ncols = len(metrics), len(panels)
   fig = Figure(figsize=(4.5 * ncols, 3.3 * nrows), layout='constrained')
   FigureCanvasAgg(fig)
