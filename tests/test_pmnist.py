@@ -274,3 +274,79 @@ def test_nnx_model_trains_to_the_losses_of_the_linen_model(tmp_path, data, norm)
     np.testing.assert_allclose(
       [r[key] for r in rows_nnx], [r[key] for r in rows_linen], rtol=2e-6, err_msg=key
     )
+
+
+def _numbered_raw(n_train=600, n_test=100):
+  """Fake MNIST whose image i holds the value i in pixel 0 and a marker pattern elsewhere."""
+  rng = np.random.default_rng(0)
+  pattern = rng.random(784).astype(np.float32)
+
+  def split(n, offset):
+    images = np.tile(pattern, (n, 1))
+    images[:, 0] = np.arange(offset, offset + n)
+    return {'image': images, 'label': (np.arange(n) % 10).astype(np.int32)}
+
+  return {'train': split(n_train, 0), 'test': split(n_test, 10_000)}
+
+
+def test_split_is_disjoint_of_the_requested_sizes_and_test_images_share_the_permutation():
+  config = pmnist_config.get_config('smoke')
+  config.num_train, config.num_valid, config.num_test = 0, 100, 0
+  raw = _numbered_raw()
+  out = pmnist.split_data(raw, config)
+  assert [len(out[s]['label']) for s in ('train', 'valid', 'test')] == [500, 100, 100]
+  pixels = np.random.default_rng(config.permutation_seed).permutation(784)
+  where = int(np.flatnonzero(pixels == 0)[0])  # Where the numbering pixel went.
+  ids = {s: out[s]['image'][:, where].astype(int) for s in out}
+  assert not set(ids['train']) & set(ids['valid'])  # Disjoint...
+  assert len(set(ids['train']) | set(ids['valid'])) == 600  # ...and together all of train.
+  np.testing.assert_array_equal(np.sort(ids['test']), np.arange(10_000, 10_100))
+  # Every split, test included, went through the one fixed pixel order: the other pixels
+  # of every image equal the marker pattern permuted the same way.
+  expected = raw['train']['image'][0][pixels]
+  for s in out:
+    others = np.delete(out[s]['image'], where, axis=1)
+    np.testing.assert_array_equal(others, np.tile(np.delete(expected, where), (len(others), 1)))
+  # Another seed would have given a different order (the check above can fail).
+  assert not np.array_equal(np.random.default_rng(1).permutation(784), pixels)
+
+
+@pytest.mark.real_data
+def test_real_split_is_55000_and_5000(shared_data):
+  config = pmnist_config.get_config(f'data=idx,data_dir={shared_data / "mnist"}')
+  out = pmnist.load_data(config)
+  assert [len(out[s]['label']) for s in ('train', 'valid', 'test')] == [55_000, 5_000, 10_000]
+  train = {row.tobytes() for row in out['train']['image'][:2000]}
+  assert not any(row.tobytes() in train for row in out['valid']['image'])
+
+
+def test_unbiased_batch_variance_reaches_the_model_at_batch_size_4():
+  config = pmnist_config.get_config('smoke,norm=batch,batch_size=4')
+  assert config.unbiased_variance
+  model = pmnist.make_model(config)
+  params, model_state = model.init(jax.random.key(0))
+  x = np.random.default_rng(0).random((4, 784)).astype(np.float32)
+  _, state = model.module.apply(
+    {'params': params, **model_state}, x, train=True, mutable=['batch_stats', 'intermediates'],
+    capture_intermediates=True,
+  )  # fmt: skip
+  normed = np.asarray(state['intermediates']['hidden_0']['norm']['__call__'][0])
+  a = x.astype(np.float64) @ np.asarray(params['hidden_0']['dense']['kernel'], np.float64)
+  unbiased = (a - a.mean(0)) / np.sqrt(a.var(0, ddof=1) + 1e-5)
+  biased = (a - a.mean(0)) / np.sqrt(a.var(0) + 1e-5)
+  np.testing.assert_allclose(normed, unbiased, atol=1e-4)
+  assert np.abs(normed - biased).max() > 1e-2  # The two estimators are told apart.
+
+
+def test_checkpoint_cadence_may_change_on_resume(tmp_path, data):
+  config = pmnist_config.get_config('smoke,norm=layer')
+  ref = train_on_data(config, tmp_path / 'a', data)
+  first = pmnist_config.get_config('smoke,norm=layer,epochs=1')
+  train_on_data(first, tmp_path / 'b', data)
+  resumed = pmnist_config.get_config('smoke,norm=layer')
+  resumed.checkpoint_every_steps = 1
+  final = train_on_data(resumed, tmp_path / 'b', data)
+  assert _stable(final) == _stable(ref)
+  ckpt = checkpoints.Checkpointer(tmp_path / 'b' / 'checkpoints')
+  assert ckpt.all_steps()[-3:] == [6, 7, 8]  # The new cadence from the resume on.
+  ckpt.close()

@@ -331,3 +331,63 @@ def test_same_shaped_runs_of_a_varying_stream_are_one_call(tmp_path, monkeypatch
   # Steps 1-4 share length 3: one call of 4; stops at 4, 6 (evaluation), 8 and 12 cut the rest.
   assert calls == [(4, 4, 3), (1, 4, 5), (1, 4, 5), (1, 4, 2), (1, 4, 3), (1, 4, 3), (1, 4, 3),
                    (1, 4, 3), (1, 4, 4)]  # fmt: skip
+
+
+def test_nan_guard_names_the_first_bad_step_inside_a_multi_step_call(tmp_path):
+  """A loss that turns NaN at step 7 of calls of 4: the run stops there, not at the call's end."""
+
+  def batches(start):
+    for s in range(start, 10**6):
+      yield {'x': np.full((4, 3), np.nan if s == 6 else 1.0, np.float32)}  # Step 7 trains on it.
+
+  def loss(params, model_state, batch, rng):
+    del rng
+    return jnp.mean((batch['x'] @ params['w']) ** 2), ({}, model_state)
+
+  exp = Experiment(
+    init=lambda rng: ({'w': jnp.ones((3,))}, {}),
+    loss=loss,
+    train=TrainData(batches=batches, steps_per_epoch=12, batch_size=4),
+  )
+  config = _config(steps_per_call=4, log_every_steps=8, checkpoint_every_steps=4)
+  final = runner.run(config, tmp_path, exp)
+  assert final['diverged'] and final['diverged_step'] == 7
+  assert final['step'] == 4 and final['last_checkpoint'] == 4
+  ms = {'loss': np.array([1.0, np.inf, np.nan]), 'grad_norm': np.array([1.0, 1.0, 1.0])}
+  assert runner.first_bad(ms, 3) == 1
+  assert runner.first_bad({'loss': np.ones(3), 'grad_norm': np.array([1, 1, np.nan])}, 3) == 2
+  assert runner.first_bad({'loss': np.ones(3), 'grad_norm': np.array([1, 1, np.nan])}, 2) is None
+
+
+def test_batch_size_must_split_over_the_devices():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1] * 1), ('data',))
+  sharding.check_batch_size(3, mesh)
+
+  class FourDevices:  # What check_batch_size reads of a mesh of 4 devices of one process.
+    shape = {'data': 4}
+    devices = np.array([jax.devices()[0]] * 4)
+
+  with pytest.raises(ValueError, match='batch size 6 does not split over 4 devices'):
+    sharding.check_batch_size(6, FourDevices())
+  sharding.check_batch_size(8, FourDevices())
+
+
+@pytest.mark.parametrize('allocator, expect', [('', 'glibc.malloc.hugetlb=1'), ('default', None)])
+def test_the_command_line_reexecs_with_huge_pages_unless_told_not_to(allocator, expect):
+  import os
+  import subprocess
+  import sys
+
+  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'LNORM_ALLOCATOR')}
+  if allocator:
+    env['LNORM_ALLOCATOR'] = allocator
+  code = (
+    'import os; from lnorm.lab import allocator; allocator.reexec_with_hugetlb(); '
+    "print(repr(os.environ.get('GLIBC_TUNABLES')), os.getpid())"
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=60
+  )
+  assert out.returncode == 0, out.stderr
+  tunables, _ = out.stdout.split()
+  assert tunables == repr(expect)
