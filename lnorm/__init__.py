@@ -21,7 +21,10 @@ _EXPORTS = {
   'functional': (
     'batch_norm_eval',
     'batch_norm_train',
+    'group_count',
+    'group_norm',
     'layer_norm',
+    'layer_norm_fusion',
     'layer_norm_reference',
     'rms_norm',
     'weight_norm',
@@ -29,6 +32,7 @@ _EXPORTS = {
   'layers': (
     'NORM_NAMES',
     'BatchNorm',
+    'GroupNorm',
     'Identity',
     'LayerNorm',
     'NormalizedDense',

@@ -11,15 +11,24 @@ dtype. The conventions shared by all of them:
 * ``eps`` is added to the variance *inside* the square root, as in the
   authors' code, PyTorch and Haiku; the default is 1e-5. (Flax's default is
   1e-6; TF/Keras put 1e-3 in the same place.)
+* Layer and group norm centre every case on one of its own values (the
+  *pivot*, its first value) before anything is rounded: they normalize
+  ``(x - p) - mean(x - p)``, which is exact in float32 at any offset, where
+  ``x - mean(x)`` would round the mean to float32 first (an error of up to
+  half an ulp of the offset, 5e-4 at offset 1e4, in every centred value).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from collections.abc import Sequence
 
 import jax
+import jax.extend
 import jax.numpy as jnp
+from jax.interpreters import ad, batching, mlir
 
 Axes = int | Sequence[int]
 
@@ -57,7 +66,8 @@ def _check_param(name: str, param: jax.Array | None, expected: tuple[int, ...], 
   if tuple(param.shape) != expected:
     raise ValueError(
       f'{name} has shape {tuple(param.shape)}, but {where} needs shape {expected} '
-      '(or a shape that equals the input shape with every other axis set to 1).'
+      "(or the input's rank with size 1 on every other axis, and on each of these "
+      'axes its size or 1).'
     )
 
 
@@ -68,18 +78,20 @@ def _param_shape(x_shape, axes: tuple[int, ...]) -> tuple[int, ...]:
 def _broadcast_param(param, x_ndim: int, axes: tuple[int, ...], name: str, where: str, x_shape):
   """Reshapes a parameter of shape ``x.shape[axes]`` so it broadcasts against x.
 
-  A parameter given already in broadcast form (x's rank, ones elsewhere) is
-  accepted as is.
+  A parameter given already in broadcast form (x's rank, size 1 on the other
+  axes, and on each of ``axes`` its size or 1) is accepted as is: e.g. gains
+  of shape ``(1, 1, 1, C)`` shared by every position of an NHWC image
+  normalized over ``(1, 2, 3)``.
   """
   if param is None:
     return None
   param = jnp.asarray(param)
-  expected = _param_shape(x_shape, axes)
-  full = tuple(x_shape[i] if i in axes else 1 for i in range(x_ndim))
-  if tuple(param.shape) == full:
+  if param.ndim == x_ndim and all(
+    d == 1 or (i in axes and d == x_shape[i]) for i, d in enumerate(param.shape)
+  ):
     return param
-  _check_param(name, param, expected, where)
-  return param.reshape(full)
+  _check_param(name, param, _param_shape(x_shape, axes), where)
+  return param.reshape(tuple(x_shape[i] if i in axes else 1 for i in range(x_ndim)))
 
 
 def mean_and_variance(
@@ -165,6 +177,11 @@ def layer_norm(
   axes (e.g. ``axis=(-3, -2, -1)`` for an image's H, W, C) all of them are
   normalized together, as the paper does for a whole layer (eqs. 15-16).
 
+  Exact at any offset: ``a - mu`` is computed as ``(a - p) - mean(a - p)``
+  with ``p`` the case's first value, so the float32 result does not depend on
+  how far the values are from 0 (at mean 1e4 and spread 1e-2 it is within
+  1e-6 of float64, where ``a - float32(mu)`` is off by up to 0.06).
+
   Derivatives are hand-written (a ``jax.custom_jvp`` whose reverse mode JAX
   gets by transposing it). With ``xhat = (a - mu) / sigma`` and means over the
   normalized axes, the tangent and, transposed, the gradient are::
@@ -175,17 +192,22 @@ def layer_norm(
       dscale = sum(dy * xhat),   dbias = sum(dy)                 (over the other axes)
 
   Reverse mode saves only ``x`` (in its own dtype), the gains and two float32
-  numbers per case (``mu`` and ``1/sigma``); ``xhat`` is recomputed inside the
-  backward's fused loops. The gradient takes three fused passes over ``x`` and
-  ``dy`` (one writes ``da``), a third of the time of autodiff through the
-  formula on CPU (see ``scripts/bench.py``), and matches that autodiff to
+  numbers per case (``mean(a - p)`` and ``1/sigma``); the pivot and ``xhat``
+  are recomputed inside the backward's fused loops. The gradient takes three
+  fused passes over ``x`` and ``dy`` (one writes ``da``), a third of the time
+  of autodiff through the formula on CPU (see ``scripts/bench.py``), and matches that autodiff to
   float rounding (:func:`layer_norm_reference`). Forward mode, reverse mode
-  and every composition (``jax.hessian``, ``grad`` of ``grad``) work.
+  and every composition (``jax.hessian``, ``grad`` of ``grad``) work. On
+  XLA:CPU optimization barriers steer the fusions; other backends get the
+  plain formulation (see :func:`layer_norm_fusion`).
 
   Args:
     x: ``<float>[..., *feature_shape]``, any float dtype.
-    scale: gain ``g``, of shape ``x.shape[axis]`` (e.g. ``(H,)``); ``None`` for 1.
-    bias: bias ``b``, same shape as ``scale``; ``None`` for 0.
+    scale: gain ``g``, of shape ``x.shape[axis]`` (e.g. ``(H,)``), or in
+      broadcast form: ``x``'s rank, size 1 on the other axes and on each
+      normalized axis its size or 1 (e.g. ``(1, 1, 1, C)``: per-channel gains
+      of an NHWC image normalized over ``axis=(1, 2, 3)``); ``None`` for 1.
+    bias: bias ``b``, of a shape like ``scale``'s; ``None`` for 0.
     axis: the normalized axes (int or sequence of ints).
     eps: added to the variance inside the square root.
 
@@ -195,7 +217,7 @@ def layer_norm(
   """
   axes = canonical_axes(axis, x.ndim)
   scale, bias = _layer_norm_params(x, scale, bias, axes)
-  return _layer_norm_fused(x, scale, bias, axes, float(eps))
+  return _layer_norm_fused(x, scale, bias, axes, float(eps), _FUSION_MODE.get())
 
 
 def layer_norm_reference(
@@ -208,15 +230,37 @@ def layer_norm_reference(
 ) -> jax.Array:
   """:func:`layer_norm` written plainly and differentiated by JAX's autodiff.
 
-  The same values as :func:`layer_norm` (two-pass statistics in float32,
-  output in ``x.dtype``); its derivatives are whatever autodiff makes of the
-  formula: reverse mode saves four full-size float32 arrays and takes several
-  more passes over the data. Kept as the reference for tests and benchmarks.
+  The same values as :func:`layer_norm` (two-pass statistics of ``x - p`` in
+  float32, ``p`` the case's first value; output in ``x.dtype``); its
+  derivatives are whatever autodiff makes of the formula: reverse mode saves
+  four full-size float32 arrays and takes several more passes over the data.
+  Kept as the reference for tests and benchmarks.
   """
   axes = canonical_axes(axis, x.ndim)
   scale, bias = _layer_norm_params(x, scale, bias, axes)
-  mean, var = mean_and_variance(x, axes)
-  return normalize(x, mean, var, scale, bias, eps)
+  centred, var = _centred_and_variance(x, axes)
+  return _scale_shift(centred * jax.lax.rsqrt(var + eps), scale, bias).astype(x.dtype)
+
+
+def _centred_and_variance(x, axes):
+  """``(x - mean, var)`` over ``axes`` in ``stats_dtype``, centred through the pivot.
+
+  ``d = x - p`` with ``p`` the first value of every case (outside the
+  gradient: the result does not depend on it), then ``d - mean(d)`` and the
+  biased two-pass variance of that.
+  """
+  dtype = stats_dtype(x.dtype)
+  d = x.astype(dtype) - jax.lax.stop_gradient(_pivot(x, axes, dtype))
+  centred = d - jnp.mean(d, axis=axes, keepdims=True)
+  return centred, jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+
+
+def _scale_shift(y, scale, bias):
+  if scale is not None:
+    y = y * scale.astype(y.dtype)
+  if bias is not None:
+    y = y + bias.astype(y.dtype)
+  return y
 
 
 def _layer_norm_params(x, scale, bias, axes):
@@ -226,14 +270,14 @@ def _layer_norm_params(x, scale, bias, axes):
   return scale, bias
 
 
-# How the derivative rule keeps XLA:CPU's fusions tight (measured with
-# scripts/bench.py; see results/bench.md):
-# * A broadcast that several fusions share (of the mean, the rstd or the gain)
-#   is written out as a full-size array, and a reduction fusion whose centered
-#   input another fusion also needs writes that input out. `_copies` gives
-#   every fusion its own copy of the small operands, which XLA cannot merge,
-#   so each fusion reads only x, dy and vectors; and its own copy of x, so
-#   that a bfloat16 x is converted inside each fusion instead of once into a
+# Fusion steering. How the derivative rule keeps XLA:CPU's fusions tight
+# (measured with scripts/bench.py; see results/bench.md):
+# * A broadcast that several fusions share (of the pivot, the mean, the rstd or
+#   the gain) is written out as a full-size array, and a reduction fusion whose
+#   centred input another fusion also needs writes that input out. `_copies`
+#   gives every fusion its own copy of the small operands, which XLA cannot
+#   merge, so each fusion reads only x, dy and vectors; and its own copy of x,
+#   so that a bfloat16 x is converted inside each fusion instead of once into a
 #   full-size float32 array.
 # * The tangent runs under `jax.checkpoint` with nothing saveable: reverse mode
 #   then keeps only the tangent's inputs (x, the gains, mean and rstd) as
@@ -242,28 +286,112 @@ def _layer_norm_params(x, scale, bias, axes):
 #   ran at the same speed, but gave no forward mode.
 # * Processing the cases in blocks of 128 KiB to 8 MiB with `lax.map`, to keep
 #   x and dy in cache between the backward's passes, was 5-35% slower.
+# The barriers were tuned for XLA:CPU only, so in the default mode they are
+# `_cpu_barrier_p`, a primitive that lowers to an optimization barrier when the
+# computation is lowered for CPU and to nothing on any other platform: the
+# choice is made per lowering (a function jitted for CPU on a GPU machine gets
+# the CPU form), with no conditional in the jaxpr or in the compiled program.
+# The checkpointed tangent is the same on every backend.
+
+#: The fusion modes of :func:`layer_norm_fusion`.
+FUSION_MODES = ('auto', 'cpu', 'plain')
+_FUSION_MODE = contextvars.ContextVar('lnorm_layer_norm_fusion', default='auto')
 
 
-def _copies(value, n: int):
-  """``n`` copies of ``value`` that XLA cannot merge (differentiable and batchable)."""
-  return jax.lax.optimization_barrier((value,) * n)
+@contextlib.contextmanager
+def layer_norm_fusion(mode: str):
+  """Chooses how :func:`layer_norm` steers XLA's fusions, for the calls traced inside the block.
+
+  * ``'auto'`` (the default): the XLA:CPU-tuned formulation (optimization
+    barriers that give every fusion its own copy of the small operands) where
+    the computation is lowered for CPU, the plain fused formulation on every
+    other backend. Chosen at lowering time, from the platform being compiled
+    for, so a function jitted for CPU on a GPU machine still gets the CPU form.
+  * ``'cpu'``: the CPU-tuned formulation on every backend.
+  * ``'plain'``: no barriers on any backend (what GPUs and TPUs run).
+
+  The values and derivatives are the same formulas in every mode; only the
+  way XLA fuses them differs. The mode is read when :func:`layer_norm` is
+  *traced*: a function already jitted keeps the mode of its first trace.
+
+  Example::
+
+    with layer_norm_fusion('plain'):
+      y = jax.jit(f)(x)   # traced (and compiled) here without barriers
+
+  Raises:
+    ValueError: ``mode`` is not one of :data:`FUSION_MODES`.
+  """
+  if mode not in FUSION_MODES:
+    raise ValueError(f'unknown fusion mode {mode!r}; valid modes are: {", ".join(FUSION_MODES)}.')
+  token = _FUSION_MODE.set(mode)
+  try:
+    yield
+  finally:
+    _FUSION_MODE.reset(token)
 
 
-def _layer_norm_stats(x, scale, bias, axes, eps):
-  """``(y, mean, rstd)``: the output and the statistics, two-pass, in float32 or wider."""
-  dtype = stats_dtype(x.dtype)
-  x1, x2, x3 = (xc.astype(dtype) for xc in _copies(x, 3))
-  # Shifted mean: summing x - x[first] instead of x keeps the float32 sum's
-  # rounding relative to the spread, not to the mean (at mean 1e4 and unit
-  # variance a plain sum is off by 1.5e-3, this by 2e-4). It costs about 30%
-  # of the forward on XLA:CPU, where a corrected second pass costs 130%.
+def _cpu_barrier_lowering(ctx, *args):
+  return mlir.lower_fun(lambda *xs: jax.lax.optimization_barrier(xs), multiple_results=True)(
+    ctx, *args
+  )
+
+
+def _cpu_barrier_jvp(primals, tangents):
+  # An identity for the math: the tangents pass through untouched.
+  return _cpu_barrier_p.bind(*primals), list(tangents)
+
+
+_cpu_barrier_p = jax.extend.core.Primitive('lnorm_cpu_fusion_barrier')
+_cpu_barrier_p.multiple_results = True
+_cpu_barrier_p.def_impl(lambda *xs: xs)  # Eager execution: barriers only matter to XLA.
+_cpu_barrier_p.def_abstract_eval(lambda *avals: avals)
+ad.primitive_jvps[_cpu_barrier_p] = _cpu_barrier_jvp
+batching.primitive_batchers[_cpu_barrier_p] = lambda args, dims: (_cpu_barrier_p.bind(*args), dims)
+mlir.register_lowering(_cpu_barrier_p, lambda ctx, *args: args)
+mlir.register_lowering(_cpu_barrier_p, _cpu_barrier_lowering, platform='cpu')
+
+
+def _copies(value, n: int, mode: str):
+  """``n`` copies of ``value``, which XLA cannot merge where ``mode`` steers the fusions.
+
+  ``'plain'``: the same value ``n`` times; ``'cpu'``: an optimization barrier
+  on every backend; ``'auto'``: an optimization barrier only where the
+  computation is lowered for CPU. Differentiable and batchable in every mode.
+  """
+  if mode == 'plain':
+    return (value,) * n
+  if mode == 'cpu':
+    return jax.lax.optimization_barrier((value,) * n)
+  return tuple(_cpu_barrier_p.bind(*((value,) * n)))
+
+
+def _pivot(x, axes, dtype):
+  """The first value of every case (index 0 on each normalized axis), kept dims, in ``dtype``."""
   first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))
-  pivot = _copies(x[first].astype(dtype), 1)[0]
-  mean = pivot + jnp.mean(x1 - pivot, axis=axes, keepdims=True)
-  mean_var, mean_y = _copies(mean, 2)
-  var = jnp.mean(jnp.square(x2 - mean_var), axis=axes, keepdims=True)
+  return x[first].astype(dtype)
+
+
+def _layer_norm_stats(x, scale, bias, axes, eps, mode):
+  """``(y, mean, rstd)``, where ``mean`` is the mean of ``x - p`` with ``p`` the pivot.
+
+  Exact at any offset: with ``p`` a value of the case, ``d = x - p`` is exact
+  in float32 whenever the case's values lie within a factor 2 of each other
+  (Sterbenz), whatever their mean; the statistics of ``d`` and the centred
+  ``d - mean(d)`` then carry rounding errors relative to the spread, not to
+  the offset. Folding ``p`` into the mean (``p + mean(d)``) and forming
+  ``x - mean`` instead would round the mean to float32 first: at offset 1e4
+  that is an error of up to 5e-4 in every centred value, 0.05 after dividing
+  by a spread of 1e-2.
+  """
+  dtype = stats_dtype(x.dtype)
+  x1, x2, x3 = (xc.astype(dtype) for xc in _copies(x, 3, mode))
+  p1, p2, p3 = _copies(_pivot(x, axes, dtype), 3, mode)
+  mean = jnp.mean(x1 - p1, axis=axes, keepdims=True)
+  mean_var, mean_y = _copies(mean, 2, mode)
+  var = jnp.mean(jnp.square((x2 - p2) - mean_var), axis=axes, keepdims=True)
   rstd = jax.lax.rsqrt(var + eps)
-  y = (x3 - mean_y) * rstd
+  y = ((x3 - p3) - mean_y) * rstd
   if scale is not None:
     y = y * scale.astype(dtype)
   if bias is not None:
@@ -271,21 +399,26 @@ def _layer_norm_stats(x, scale, bias, axes, eps):
   return y.astype(x.dtype), mean, rstd
 
 
-def _layer_norm_tangent(axes, x, scale, mean, rstd, x_dot, scale_dot, bias_dot):
-  """The tangent of ``y``, linear in ``(x_dot, scale_dot, bias_dot)`` (``None``: zero)."""
+def _layer_norm_tangent(axes, mode, x, scale, mean, rstd, x_dot, scale_dot, bias_dot):
+  """The tangent of ``y``, linear in ``(x_dot, scale_dot, bias_dot)`` (``None``: zero).
+
+  ``mean`` and ``rstd`` are those of :func:`_layer_norm_stats` (``mean`` is
+  relative to the pivot, which is recomputed here from ``x``).
+  """
   dtype = stats_dtype(x.dtype)
-  x1, x2, x3 = (xc.astype(dtype) for xc in _copies(x, 3))
-  m1, m2, m3 = _copies(mean, 3)
-  r1, r2, r3, r4 = _copies(rstd, 4)
+  x1, x2, x3 = (xc.astype(dtype) for xc in _copies(x, 3, mode))
+  p1, p2, p3 = _copies(_pivot(x, axes, dtype), 3, mode)
+  m1, m2, m3 = _copies(mean, 3, mode)
+  r1, r2, r3, r4 = _copies(rstd, 4, mode)
   y_dot = None
   if x_dot is not None:
     xd = x_dot.astype(dtype)
     mean_xd = jnp.mean(xd, axis=axes, keepdims=True)
-    mean_xhat_xd = jnp.mean((x1 - m1) * r1 * xd, axis=axes, keepdims=True)
-    gain = r2 if scale is None else r2 * _copies(scale.astype(dtype), 1)[0]
-    y_dot = gain * (xd - mean_xd - (x2 - m2) * r3 * mean_xhat_xd)
+    mean_xhat_xd = jnp.mean(((x1 - p1) - m1) * r1 * xd, axis=axes, keepdims=True)
+    gain = r2 if scale is None else r2 * _copies(scale.astype(dtype), 1, mode)[0]
+    y_dot = gain * (xd - mean_xd - ((x2 - p2) - m2) * r3 * mean_xhat_xd)
   if scale_dot is not None:
-    term = scale_dot.astype(dtype) * ((x3 - m3) * r4)
+    term = scale_dot.astype(dtype) * (((x3 - p3) - m3) * r4)
     y_dot = term if y_dot is None else y_dot + term
   if bias_dot is not None:
     term = jnp.broadcast_to(bias_dot.astype(dtype), x.shape)
@@ -295,10 +428,10 @@ def _layer_norm_tangent(axes, x, scale, mean, rstd, x_dot, scale_dot, bias_dot):
   return y_dot.astype(x.dtype)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-def _layer_norm_fused(x, scale, bias, axes, eps):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
+def _layer_norm_fused(x, scale, bias, axes, eps, mode):
   # Undifferentiated, this compiles to one fused loop.
-  return _layer_norm_stats(x, scale, bias, axes, eps)[0]
+  return _layer_norm_stats(x, scale, bias, axes, eps, mode)[0]
 
 
 def _nonzero(tangent):
@@ -308,15 +441,124 @@ def _nonzero(tangent):
 
 
 @functools.partial(_layer_norm_fused.defjvp, symbolic_zeros=True)
-def _layer_norm_fused_jvp(axes, eps, primals, tangents):
+def _layer_norm_fused_jvp(axes, eps, mode, primals, tangents):
   x, scale, bias = primals
   x_dot, scale_dot, bias_dot = (_nonzero(t) for t in tangents)
-  y, mean, rstd = _layer_norm_stats(x, scale, bias, axes, eps)
+  y, mean, rstd = _layer_norm_stats(x, scale, bias, axes, eps, mode)
   tangent = jax.checkpoint(
-    functools.partial(_layer_norm_tangent, axes),
+    functools.partial(_layer_norm_tangent, axes, mode),
     policy=jax.checkpoint_policies.nothing_saveable,
   )
   return y, tangent(x, scale, mean, rstd, x_dot, scale_dot, bias_dot)
+
+
+#: The number of groups Wu & He (2018) use by default.
+DEFAULT_NUM_GROUPS = 32
+
+
+def _divisors(n: int) -> list[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def group_count(num_groups: int | None, channels: int, values_per_channel: int = 1) -> int:
+  """The number of groups a group norm over ``channels`` channels uses.
+
+  Args:
+    num_groups: the requested count; it must divide ``channels``. ``None``:
+      :data:`DEFAULT_NUM_GROUPS` (32, Wu & He's default) where it divides
+      ``channels``, else the largest count below it that does; in either case
+      no more groups than leave every group at least two values (a group of
+      one value would normalize to its bias alone).
+    channels: the number of channels ``C``.
+    values_per_channel: the number of values each channel holds per example
+      (the product of the spatial sizes; 1 for a dense layer's features).
+
+  Raises:
+    ValueError: ``num_groups`` is not a positive divisor of ``channels`` (the
+      message lists the allowed counts).
+  """
+  if num_groups is None:
+    fits = [
+      d
+      for d in _divisors(channels)
+      if d <= DEFAULT_NUM_GROUPS and (channels // d) * values_per_channel >= 2
+    ]
+    return max(fits, default=1)
+  if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+    raise ValueError(f'num_groups must be a positive int; got {num_groups!r}.')
+  if channels % num_groups:
+    raise ValueError(
+      f'num_groups={num_groups} does not divide the {channels} channels; allowed group counts '
+      f'for {channels} channels are: {", ".join(map(str, _divisors(channels)))}.'
+    )
+  return num_groups
+
+
+def group_norm(
+  x: jax.Array,
+  scale: jax.Array | None = None,
+  bias: jax.Array | None = None,
+  *,
+  num_groups: int | None,
+  eps: float = DEFAULT_EPS,
+  channel_axis: int = -1,
+) -> jax.Array:
+  """Group normalization (Wu & He 2018, https://arxiv.org/abs/1803.08494).
+
+  The ``C`` channels are split into ``G = num_groups`` groups of ``C / G``
+  consecutive channels. Every example (index along the leading axis) and
+  group is normalized over that group's channels and every other axis (the
+  spatial ones), with per-channel gains and biases::
+
+      mu_{n,k}    = mean of x[n, ..., c] over the spatial positions and c in group k
+      sigma_{n,k} = sqrt(mean of (x - mu_{n,k})^2 over the same values + eps)
+      y[n, ..., c] = scale[c] * (x[n, ..., c] - mu_{n,k}) / sigma_{n,k} + bias[c]
+
+  ``G = 1`` is layer norm over every axis but the first with per-channel
+  gains (paper §6.7's convnet LN); ``G = C`` is instance norm. Statistics are
+  two-pass, in float32 for bfloat16/float16 input, centred through the pivot
+  (the group's first value) like :func:`layer_norm`; the output has ``x``'s
+  dtype. Derivatives are JAX's autodiff of this formula.
+
+  Args:
+    x: ``<float>[batch, *spatial, C]`` (with ``channel_axis=-1``; the channel
+      axis may be anywhere but the leading, example axis).
+    scale: per-channel gain, shape ``(C,)`` (or ``x``'s rank with ``C`` on the
+      channel axis and 1 elsewhere); ``None`` for 1.
+    bias: per-channel bias, shaped like ``scale``; ``None`` for 0.
+    num_groups: ``G``, a divisor of ``C``; ``None``: 32, or fewer as
+      :func:`group_count` chooses.
+    eps: added to the variance inside the square root.
+    channel_axis: the channel axis.
+
+  Returns:
+    An array of ``x``'s shape and dtype.
+
+  Raises:
+    ValueError: ``x`` has no example axis, ``channel_axis`` is the example
+      axis, or ``num_groups`` does not divide ``C`` (the message lists the
+      allowed counts).
+  """
+  if x.ndim < 2:
+    raise ValueError(
+      f'group_norm needs a leading example axis and a channel axis; got shape {tuple(x.shape)}.'
+    )
+  (axis,) = canonical_axes(channel_axis, x.ndim)
+  if axis == 0:
+    raise ValueError(
+      'group_norm normalizes every example (leading axis) separately; channel_axis '
+      f'must be another axis, 1..{x.ndim - 1} or -{x.ndim - 1}..-1.'
+    )
+  channels = x.shape[axis]
+  groups = group_count(num_groups, channels, x.size // max(x.shape[0] * channels, 1))
+  where = f'group norm over channel axis {axis} of an input of shape {tuple(x.shape)}'
+  scale = _broadcast_param(scale, x.ndim, (axis,), 'scale', where, x.shape)
+  bias = _broadcast_param(bias, x.ndim, (axis,), 'bias', where, x.shape)
+  grouped = x.reshape(x.shape[:axis] + (groups, channels // groups) + x.shape[axis + 1 :])
+  axes = tuple(i for i in range(1, grouped.ndim) if i != axis)
+  centred, var = _centred_and_variance(grouped, axes)
+  y = (centred * jax.lax.rsqrt(var + eps)).reshape(x.shape)
+  return _scale_shift(y, scale, bias).astype(x.dtype)
 
 
 def rms_norm(

@@ -24,7 +24,7 @@ Axes = F.Axes
 Initializer = Callable[..., jax.Array]
 
 #: The normalization names every experiment can sweep over.
-NORM_NAMES = ('none', 'layer', 'batch', 'weight', 'rms')
+NORM_NAMES = ('none', 'layer', 'batch', 'weight', 'rms', 'group')
 
 
 def check_norm_name(name: str, allowed: tuple[str, ...] = NORM_NAMES) -> str:
@@ -36,6 +36,35 @@ def check_norm_name(name: str, allowed: tuple[str, ...] = NORM_NAMES) -> str:
 
 def _feature_shape(x_shape, axes: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(x_shape[a] for a in axes)
+
+
+def param_axes(
+  axis: Axes, feature_axes: Axes | None, ndim: int, where: str = 'LayerNorm'
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """``(axes, feature_axes)`` canonical: the normalized axes, and those the parameters cover.
+
+  ``feature_axes`` ``None`` means every normalized axis.
+
+  Raises:
+    ValueError: ``feature_axes`` is not a subset of ``axis``.
+  """
+  axes = F.canonical_axes(axis, ndim)
+  if feature_axes is None:
+    return axes, axes
+  features = F.canonical_axes(feature_axes, ndim)
+  if not set(features) <= set(axes):
+    raise ValueError(
+      f'{where}: feature_axes {features} must be among the normalized axes {axes} '
+      f'(input rank {ndim}).'
+    )
+  return axes, features
+
+
+def broadcast_to_rank(param: jax.Array | None, x_shape, axes: tuple[int, ...]):
+  """``param`` of shape ``x_shape[axes]`` reshaped to ``x``'s rank (size 1 on other axes)."""
+  if param is None:
+    return None
+  return param.reshape(tuple(x_shape[i] if i in axes else 1 for i in range(len(x_shape))))
 
 
 class Identity(nn.Module):
@@ -59,7 +88,10 @@ class LayerNorm(nn.Module):
 
   Differences from ``flax.linen.LayerNorm``: ``epsilon`` defaults to 1e-5
   (the authors' code, PyTorch and Haiku; Flax uses 1e-6) and the gains and
-  biases cover every normalized axis (Flax's ``feature_axes`` may be fewer).
+  biases cover every normalized axis unless ``feature_axes`` names fewer
+  (Flax's ``feature_axes`` default is the last axis only). For the paper's
+  convnets (§6.7), layer norm over H, W, C of every NHWC example with
+  per-channel gains and biases is ``LayerNorm(axis=(1, 2, 3), feature_axes=-1)``.
 
   Example usage::
 
@@ -79,6 +111,9 @@ class LayerNorm(nn.Module):
     scale_init: initializer of the gains.
     bias_init: initializer of the biases.
     param_dtype: dtype of the parameters.
+    feature_axes: the axes the gains and biases cover, among ``axis``
+      (``None``: all of ``axis``); they are shared along the other normalized
+      axes. Parameters have shape ``x.shape[feature_axes]``.
   """
 
   axis: Axes = -1
@@ -88,15 +123,19 @@ class LayerNorm(nn.Module):
   scale_init: Initializer = nn.initializers.ones
   bias_init: Initializer = nn.initializers.zeros
   param_dtype: Any = jnp.float32
+  feature_axes: Axes | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    axes = F.canonical_axes(self.axis, x.ndim)
-    shape = _feature_shape(x.shape, axes)
+    axes, features = param_axes(self.axis, self.feature_axes, x.ndim)
+    shape = _feature_shape(x.shape, features)
     scale = (
       self.param('scale', self.scale_init, shape, self.param_dtype) if self.use_scale else None
     )
     bias = self.param('bias', self.bias_init, shape, self.param_dtype) if self.use_bias else None
+    if features != axes:
+      scale = broadcast_to_rank(scale, x.shape, features)
+      bias = broadcast_to_rank(bias, x.shape, features)
     return F.layer_norm(x, scale, bias, axis=axes, eps=self.epsilon)
 
 
@@ -136,6 +175,81 @@ class RMSNorm(nn.Module):
       full = tuple(x.shape[i] if i in axes else 1 for i in range(x.ndim))
       y = (y + bias.reshape(full)).astype(x.dtype)
     return y
+
+
+class GroupNorm(nn.Module):
+  """Group normalization (Wu & He 2018, https://arxiv.org/abs/1803.08494).
+
+  Splits the channels into ``num_groups`` groups and normalizes every
+  example and group over the group's channels and every spatial axis (all
+  axes but the leading, example axis and the channel axis), with per-channel
+  gains and biases; see :func:`lnorm.functional.group_norm`. One group is
+  layer norm over ``(H, W, C)``, one group per channel instance norm. No
+  batch statistics, no state: training and test run the same computation.
+
+  Example usage::
+
+    >>> import jax, jax.numpy as jnp
+    >>> from lnorm.layers import GroupNorm
+    >>> x = jnp.arange(2 * 4 * 4 * 8.0).reshape(2, 4, 4, 8)   # NHWC
+    >>> variables = GroupNorm(num_groups=4).init(jax.random.key(0), x)
+    >>> variables['params']['scale'].shape
+    (8,)
+    >>> GroupNorm(num_groups=4).apply(variables, x).shape
+    (2, 4, 4, 8)
+
+  Attributes:
+    num_groups: the number of groups, a divisor of the channel count;
+      ``None`` (default): 32 where that divides the channels, else the
+      largest count below 32 that does, never leaving a group with a single
+      value (:func:`lnorm.functional.group_count`).
+    channel_axis: the channel axis (default the last: NHWC).
+    epsilon: added to the variance inside the square root.
+    use_scale, use_bias: learn per-channel ``scale`` (init 1) and ``bias`` (init 0).
+    scale_init, bias_init: their initializers.
+    param_dtype: dtype of the parameters.
+  """
+
+  num_groups: int | None = None
+  channel_axis: int = -1
+  epsilon: float = F.DEFAULT_EPS
+  use_scale: bool = True
+  use_bias: bool = True
+  scale_init: Initializer = nn.initializers.ones
+  bias_init: Initializer = nn.initializers.zeros
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    groups, shape = group_norm_setup(self.num_groups, self.channel_axis, x)
+    scale = (
+      self.param('scale', self.scale_init, shape, self.param_dtype) if self.use_scale else None
+    )
+    bias = self.param('bias', self.bias_init, shape, self.param_dtype) if self.use_bias else None
+    return F.group_norm(
+      x, scale, bias, num_groups=groups, eps=self.epsilon, channel_axis=self.channel_axis
+    )
+
+
+def group_norm_setup(num_groups: int | None, channel_axis: int, x: jax.Array):
+  """``(groups, (C,))`` for a group norm of ``x``: the group count and the parameter shape.
+
+  Raises:
+    ValueError: ``x`` has no example axis, ``channel_axis`` is out of range
+      or is the example axis, or ``num_groups`` does not divide the channels.
+  """
+  if x.ndim < 2:
+    raise ValueError(
+      f'GroupNorm needs a leading example axis and a channel axis; got shape {tuple(x.shape)}.'
+    )
+  (axis,) = F.canonical_axes(channel_axis, x.ndim)
+  channels = x.shape[axis]
+  per_channel = x.size // max(x.shape[0] * channels, 1)
+  try:
+    groups = F.group_count(num_groups, channels, per_channel)
+  except ValueError as e:
+    raise ValueError(f'GroupNorm: {e}') from None
+  return groups, (channels,)
 
 
 class BatchNorm(nn.Module):
@@ -251,6 +365,7 @@ def make_norm(
   epsilon: float = F.DEFAULT_EPS,
   unbiased_variance: bool = False,
   momentum: float = 0.99,
+  num_groups: int | None = None,
   **kwargs: Any,
 ) -> nn.Module:
   """Builds the activation normalization called ``norm``.
@@ -261,10 +376,12 @@ def make_norm(
     train: for ``'batch'``: normalize with batch statistics and update the
       running averages (``True``) or use the averages (``False``).
     axis: for ``'layer'``/``'rms'`` the normalized axes; for ``'batch'`` the
-      feature axes (Flax's convention).
+      feature axes (Flax's convention); for ``'group'`` the channel axis.
     epsilon: added to the variance inside the square root.
     unbiased_variance: for ``'batch'``: Bessel's correction.
     momentum: for ``'batch'``: decay of the running averages.
+    num_groups: for ``'group'``: the number of groups (``None``: 32, or fewer
+      as :func:`lnorm.functional.group_count` chooses for the channel count).
     **kwargs: passed on to the module (e.g. ``name=``, ``param_dtype=``).
 
   Raises:
@@ -275,6 +392,10 @@ def make_norm(
     return Identity(**{k: v for k, v in kwargs.items() if k == 'name'})
   if norm == 'layer':
     return LayerNorm(axis=axis, epsilon=epsilon, **kwargs)
+  if norm == 'group':
+    if not isinstance(axis, int):
+      raise ValueError(f"norm 'group' takes a single channel axis; got axis={axis!r}.")
+    return GroupNorm(num_groups=num_groups, channel_axis=axis, epsilon=epsilon, **kwargs)
   if norm == 'rms':
     return RMSNorm(axis=axis, epsilon=epsilon, **kwargs)
   return BatchNorm(
@@ -303,7 +424,7 @@ class NormalizedDense(nn.Module):
 
   * ``'none'``: ``x @ W + b`` (an ordinary dense layer);
   * ``'weight'``: ``x @ w(v, g) + b`` (weight-normalized kernel);
-  * ``'layer'``, ``'batch'``: ``LN/BN(x @ W)`` with the norm's gain and bias;
+  * ``'layer'``, ``'batch'``, ``'group'``: ``LN/BN/GN(x @ W)`` with the norm's gain and bias;
   * ``'rms'``: ``RMS(x @ W) + b`` (RMS norm has no bias of its own).
 
   Attributes:

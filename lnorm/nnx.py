@@ -38,7 +38,13 @@ from flax import nnx
 
 from lnorm import cells as C
 from lnorm import functional as F
-from lnorm.layers import NORM_NAMES, check_norm_name
+from lnorm.layers import (
+  NORM_NAMES,
+  broadcast_to_rank,
+  check_norm_name,
+  group_norm_setup,
+  param_axes,
+)
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -48,6 +54,7 @@ __all__ = [
   'BNLSTMCell',
   'BatchNorm',
   'GRUCell',
+  'GroupNorm',
   'Identity',
   'LSTMCell',
   'LayerNorm',
@@ -96,10 +103,15 @@ class LayerNorm(nnx.Module):
   ``y = scale * (x - mean(x)) / sqrt(var(x) + epsilon) + bias`` over the
   normalized axes (default: the last ``len(num_features)`` axes), statistics
   in float32, output in the input dtype. eps 1e-5 (Flax: 1e-6).
+  ``LayerNorm(C, axis=(1, 2, 3), feature_axes=-1)`` normalizes every NHWC
+  example over H, W, C with per-channel gains and biases (paper §6.7).
 
   Args:
-    num_features: the size (int) or shape (tuple) of the normalized axes.
-    axis: the normalized axes (``None``: the trailing ones).
+    num_features: the size (int) or shape (tuple) of the axes the parameters
+      cover: the normalized axes, or ``feature_axes`` when given.
+    axis: the normalized axes (``None``: the trailing ``len(num_features)``).
+    feature_axes: the axes the gains and biases cover, among ``axis``
+      (``None``: all of ``axis``).
     epsilon: added to the variance inside the square root.
     use_scale, use_bias: learn ``scale`` (init 1) and ``bias`` (init 0).
     scale_init, bias_init: their initializers.
@@ -118,18 +130,95 @@ class LayerNorm(nnx.Module):
     scale_init: Initializer = nnx.initializers.ones,
     bias_init: Initializer = nnx.initializers.zeros,
     param_dtype: Any = jnp.float32,
+    feature_axes: F.Axes | None = None,
     rngs: nnx.Rngs,
   ):
+    if feature_axes is not None and axis is None:
+      raise ValueError('LayerNorm: with feature_axes, give the normalized axes as axis too.')
     self.num_features = _feature_shape(num_features)
     self.axis = axis
+    self.feature_axes = feature_axes
     self.epsilon = epsilon
     shape = self.num_features
     self.scale = nnx.Param(scale_init(rngs.params(), shape, param_dtype)) if use_scale else None
     self.bias = nnx.Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else None
 
   def __call__(self, x: Array) -> Array:
-    axes = _axes_for(self.num_features, self.axis, x, 'LayerNorm')
-    return F.layer_norm(x, _value(self.scale), _value(self.bias), axis=axes, eps=self.epsilon)
+    scale, bias = _value(self.scale), _value(self.bias)
+    if self.feature_axes is None:
+      axes = _axes_for(self.num_features, self.axis, x, 'LayerNorm')
+    else:
+      axes, features = param_axes(self.axis, self.feature_axes, x.ndim)
+      _axes_for(self.num_features, features, x, 'LayerNorm')
+      scale = broadcast_to_rank(scale, x.shape, features)
+      bias = broadcast_to_rank(bias, x.shape, features)
+    return F.layer_norm(x, scale, bias, axis=axes, eps=self.epsilon)
+
+
+class GroupNorm(nnx.Module):
+  """Group normalization (Wu & He 2018); NNX twin of ``layers.GroupNorm``.
+
+  Every example and group of ``num_channels / num_groups`` channels is
+  normalized over those channels and the spatial axes, with per-channel
+  ``scale`` (init 1) and ``bias`` (init 0); see
+  :func:`lnorm.functional.group_norm`.
+
+  Args:
+    num_features: the number of channels ``C``.
+    num_groups: a divisor of ``C``; ``None``: 32, or fewer as
+      :func:`lnorm.functional.group_count` chooses.
+    channel_axis: the channel axis (default the last: NHWC).
+    epsilon: added to the variance inside the square root.
+    use_scale, use_bias, scale_init, bias_init, param_dtype: as in :class:`LayerNorm`.
+    rngs: random streams.
+
+  Raises:
+    ValueError: ``num_groups`` does not divide ``num_features`` (the message
+      lists the allowed counts).
+  """
+
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    num_groups: int | None = None,
+    channel_axis: int = -1,
+    epsilon: float = F.DEFAULT_EPS,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    scale_init: Initializer = nnx.initializers.ones,
+    bias_init: Initializer = nnx.initializers.zeros,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    if num_groups is not None:
+      try:
+        F.group_count(num_groups, num_features)
+      except ValueError as e:
+        raise ValueError(f'GroupNorm: {e}') from None
+    self.num_features = num_features
+    self.num_groups = num_groups
+    self.channel_axis = channel_axis
+    self.epsilon = epsilon
+    shape = (num_features,)
+    self.scale = nnx.Param(scale_init(rngs.params(), shape, param_dtype)) if use_scale else None
+    self.bias = nnx.Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else None
+
+  def __call__(self, x: Array) -> Array:
+    groups, shape = group_norm_setup(self.num_groups, self.channel_axis, x)
+    if shape != (self.num_features,):
+      raise ValueError(
+        f'GroupNorm was built for {self.num_features} channels but got an input of shape '
+        f'{tuple(x.shape)} ({shape[0]} on channel axis {self.channel_axis}).'
+      )
+    return F.group_norm(
+      x,
+      _value(self.scale),
+      _value(self.bias),
+      num_groups=groups,
+      eps=self.epsilon,
+      channel_axis=self.channel_axis,
+    )
 
 
 class RMSNorm(nnx.Module):
@@ -286,12 +375,15 @@ def make_norm(
   epsilon: float = F.DEFAULT_EPS,
   unbiased_variance: bool = False,
   momentum: float = 0.99,
+  num_groups: int | None = None,
   **kwargs: Any,
 ) -> nnx.Module:
   """Builds the NNX activation normalization called ``norm`` (see ``layers.make_norm``).
 
   ``'none'`` and ``'weight'`` give :class:`Identity`; ``'layer'``,
-  ``'rms'``, ``'batch'`` the modules above, over ``num_features`` features.
+  ``'rms'``, ``'batch'``, ``'group'`` the modules above, over ``num_features``
+  features (for ``'group'``: ``num_features`` channels on the channel axis
+  ``axis``, default -1, in ``num_groups`` groups).
 
   Raises:
     ValueError: ``norm`` is not one of :data:`NORM_NAMES` (the message lists them).
@@ -303,6 +395,20 @@ def make_norm(
     return LayerNorm(num_features, axis=axis, epsilon=epsilon, rngs=rngs, **kwargs)
   if norm == 'rms':
     return RMSNorm(num_features, axis=axis, epsilon=epsilon, rngs=rngs, **kwargs)
+  if norm == 'group':
+    if not isinstance(num_features, int) or not isinstance(axis, int | None):
+      raise ValueError(
+        f"norm 'group' takes a channel count and one channel axis; got {num_features!r}, {axis!r}."
+      )
+    channel_axis = -1 if axis is None else axis
+    return GroupNorm(
+      num_features,
+      num_groups=num_groups,
+      channel_axis=channel_axis,
+      epsilon=epsilon,
+      rngs=rngs,
+      **kwargs,
+    )
   return BatchNorm(
     num_features,
     use_running_average=not train,

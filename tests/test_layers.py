@@ -134,6 +134,8 @@ def test_normalized_dense_applies_the_named_normalization(norm):
       'layer': lambda: F.layer_norm(a, p['norm']['scale'], p['norm']['bias']),
       'batch': lambda: F.batch_norm_train(a, p['norm']['scale'], p['norm']['bias'])[0],
       'rms': lambda: F.rms_norm(a, p['norm']['scale']) + p['norm']['bias'],
+      # 4 features: 2 groups of 2 (the default never leaves a group with one value).
+      'group': lambda: F.group_norm(a, p['norm']['scale'], p['norm']['bias'], num_groups=2),
     }[norm]()
   np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
@@ -151,13 +153,14 @@ def test_make_norm_builds_every_registered_name(norm):
     'layer': layers.LayerNorm,
     'batch': layers.BatchNorm,
     'rms': layers.RMSNorm,
+    'group': layers.GroupNorm,
   }[norm]
   assert type(module) is expected
 
 
 def test_unknown_norm_name_lists_the_valid_ones():
-  with pytest.raises(ValueError, match=r"unknown norm 'group'; valid names are: none, layer,"):
-    layers.make_norm('group')
+  with pytest.raises(ValueError, match=r"unknown norm 'instance'; valid names are: none, layer,"):
+    layers.make_norm('instance')
   with pytest.raises(ValueError, match='unknown norm'):
     layers.NormalizedDense(3, norm='Layer').init(KEY, jnp.ones((2, 2)))
 

@@ -51,6 +51,10 @@ LAYERS = {
     lambda r: lnnx.BatchNorm(D, use_running_average=True, rngs=r),
   ),
   'weight': (lambda: layers.WeightNormDense(3), lambda r: lnnx.WeightNormDense(D, 3, rngs=r)),
+  'layer-feature-axes': (
+    lambda: layers.LayerNorm(axis=(0, 1), feature_axes=1),
+    lambda r: lnnx.LayerNorm(D, axis=(0, 1), feature_axes=1, rngs=r),
+  ),
 }
 
 
@@ -77,8 +81,10 @@ def test_make_norm_registry():
   assert isinstance(bn, lnnx.BatchNorm) and not bn.use_running_average
   assert isinstance(lnnx.make_dense('weight', D, 3, rngs=rngs), lnnx.WeightNormDense)
   assert isinstance(lnnx.make_dense('layer', D, 3, rngs=rngs), nnx.Linear)
-  with pytest.raises(ValueError, match='valid names are: none, layer, batch, weight, rms'):
-    lnnx.make_norm('group', D, rngs=rngs)
+  gn = lnnx.make_norm('group', 6, num_groups=3, rngs=rngs)
+  assert isinstance(gn, lnnx.GroupNorm) and gn.num_groups == 3
+  with pytest.raises(ValueError, match='valid names are: none, layer, batch, weight, rms, group'):
+    lnnx.make_norm('instance', D, rngs=rngs)
 
 
 def test_layer_errors():
