@@ -6,7 +6,7 @@ Run book (from the repository root, with the venv active):
   # the four official files in $LNORM_DATA_DIR/mnist or ../shared/data/mnist.
   python -m lnorm.main --config=configs/convnet.py:norm=layer --workdir=runs/convnet/layer-s0
 
-  # The results' grid (5 norms x 3 seeds, 1 epoch each), one run after another:
+  # The results' grid (5 norms x 3 seeds, 240 steps each), one run after another:
   python scripts/sweep.py --config=configs/convnet.py:seeds=3 --root=runs/convnet
   python scripts/convnet_report.py runs/convnet --out results/convnet
 
@@ -140,4 +140,5 @@ def get_sweep(arg: str | None = None) -> list[dict[str, object]]:
     extra['lr'] = a.lr
   if a.smoke:
     extra['smoke'] = True
-  return [{'norm': norm, 'seed': seed, **extra} for norm in norms for seed in range(a.seeds)]
+  # Seed-major: a grid cut short still has every norm at the seeds it reached.
+  return [{'norm': norm, 'seed': seed, **extra} for seed in range(a.seeds) for norm in norms]

@@ -1,7 +1,9 @@
 """The convnet experiment (paper §6.7): each normalization of a feature map against float64
 numpy, its gradients numerically, the model, the data split, the config, and a smoke run."""
 
+import importlib.util
 import json
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -13,7 +15,9 @@ from jax.test_util import check_grads
 from configs import convnet as convnet_config
 from experiments import convnet
 from lnorm import layers
-from lnorm.lab import metrics, runner, sharding
+from lnorm.lab import compare, metrics, runner, sharding
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 EPS = 1e-5
 HAS_GROUP = 'group' in layers.NORM_NAMES
@@ -261,3 +265,75 @@ def test_conv2d_same_equals_lax_conv_and_its_gradients(kernel_size):
     ValueError, match=r'input \(1, 5, 5, 2\) does not fit a kernel \(3, 3, 3, 4\)'
   ):
     convnet.conv2d_same(jnp.zeros((1, 5, 5, 2)), jnp.zeros((3, 3, 3, 4)))
+
+
+# ------------------------------------------------- the report scripts (convnet and pMNIST sweep)
+
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(name, REPO_ROOT / 'scripts' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _write_run(path, config, losses, test_error, step_every=10):
+  path.mkdir(parents=True)
+  (path / 'config.json').write_text(json.dumps(config))
+  rows = [{'step': step_every * (i + 1), 'epoch': 0.1 * i, 'examples': 0, 'wall_s': 2.0 * i,
+           'train/loss': loss} for i, loss in enumerate(losses)]  # fmt: skip
+  rows[-1].update({'test/error': test_error, 'valid/error': test_error})
+  (path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  (path / 'final.json').write_text(json.dumps({**rows[-1], 'train_examples_per_s': 100.0}))
+
+
+def test_lr_sweep_report_scores_and_chooses_rates(tmp_path):
+  report = _script('pmnist_lr_sweep_report')
+  # Mean loss over the run (trapezoids): none is best at 1e-3, layer at 1e-2; 1e-3 suits both.
+  curves = {('none', 1e-3): [2, 1, 1], ('none', 1e-2): [2, 2, 2],
+            ('layer', 1e-3): [1, 1, 1], ('layer', 1e-2): [1, 0.5, 0.5]}  # fmt: skip
+  for (norm, lr), losses in curves.items():
+    for seed in range(2):
+      config = {'norm': norm, 'learning_rate': lr, 'seed': seed}
+      _write_run(tmp_path / f'lr-{lr:g}' / f'{norm}-{seed}', config, losses, 0.05)
+  out = tmp_path / 'out' / 'sweep'
+  out.parent.mkdir()
+  out.with_suffix('.md').write_text(f'intro\n{report.BEGIN}\nold\n{report.END}\nend\n')
+  assert report.main([str(tmp_path), '--out', str(out)]) == 0
+  runs = report.group(compare.load_runs(sorted(tmp_path.glob('lr-*/*'))))
+  assert report.run_score(runs[('none', 1e-3)][0]) == pytest.approx(1.25)  # (1.5 + 1) / 2.
+  best, shared = report.choose(runs)
+  assert best == {'none': 1e-3, 'layer': 1e-2} and shared == 1e-3  # Ratios 1.0/1.6 vs 1.6/1.0.
+  doc = out.with_suffix('.md').read_text()
+  assert doc.startswith('intro\n') and doc.endswith('end\n') and 'old' not in doc
+  assert '| layer (best) | 0.01 | 2 | 30 | 0.625 ± 0 |' in doc
+  assert out.with_suffix('.png').stat().st_size > 10_000
+
+
+def test_lr_sweep_commands_are_seed_major_through_sweep_py():
+  sweep = _script('pmnist_lr_sweep')
+  commands = sweep.sweep_commands('runs/x', lrs=(1e-3, 3e-3), seeds=2, num_train=1280)
+  assert [c[3] for c in commands] == ['--filter=batch_size-128_seed-0_'] * 2 + [
+    '--filter=batch_size-128_seed-1_'
+  ] * 2
+  assert commands[1][1].endswith('scripts/sweep.py')
+  assert commands[1][2] == '--config=configs/pmnist.py:seeds=2,data=idx,epochs=1'
+  assert commands[1][4:7] == [
+    '--root=runs/x/lr-0.003',
+    '--config.learning_rate=0.003',
+    '--config.num_train=1280',
+  ]
+
+
+def test_convnet_report_table_and_figure(tmp_path):
+  report = _script('convnet_report')
+  for norm, losses in (('layer', [1.0, 0.2, 0.1]), ('none', [2.0, 1.0, 0.5])):
+    for seed in range(2):
+      _write_run(tmp_path / 'runs' / f'{norm}-{seed}', {'norm': norm, 'seed': seed}, losses, 0.02)
+  assert report.main([str(tmp_path / 'runs'), '--out', str(tmp_path / 'c'), '--tail', '5']) == 0
+  groups = report.norm_groups(compare.load_runs(sorted((tmp_path / 'runs').iterdir())))
+  assert list(groups) == ['none', 'layer']  # The order of the paper's comparison.
+  text = report.table(groups, tail=5, threshold=0.3)  # The last row only.
+  assert '| layer | 2 | 30 | 0.1 ± 0 | 0.375 ± 0 | 20 ± 0 | 2 ± 0 |' in text
+  assert '| none | 2 | 30 | 0.5 ± 0 | 1.12 ± 0 | never |' in text
+  assert (tmp_path / 'c.png').stat().st_size > 10_000
