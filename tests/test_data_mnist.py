@@ -3,6 +3,8 @@
 import gzip
 import importlib.util
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -192,3 +194,12 @@ def test_tfds_official_builder_from_manual_dir(shared_data, tmp_path):
     assert key(data[split]) == key(idx[split])
   cached = mnist.load_mnist('tfds', tmp_path)  # second call: from the .npz cache
   np.testing.assert_array_equal(cached['test']['image'], data['test']['image'])
+  # The prepared ArrayRecord files are read without TensorFlow (the cache removed first).
+  (tmp_path / 'lnorm_cache' / 'mnist-3.0.1.npz').unlink()
+  code = (
+    'import sys; from lnorm.lab.data import mnist; '
+    f'd = mnist.load_mnist("tfds", {str(tmp_path)!r}); '
+    'assert "tensorflow" not in sys.modules, "tensorflow imported"; print(len(d["test"]["label"]))'
+  )
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and out.stdout.split()[-1] == '10000', out.stderr[-2000:]

@@ -148,9 +148,6 @@ def test_failed_runs_are_reported(tmp_path, fake_python, capsys):
     sweep.run_sweep(runs, command, parallel=0)
 
 
-@pytest.mark.skipif(
-  not (REPO_ROOT / 'configs' / 'pmnist.py').exists(), reason='configs/pmnist.py not there'
-)
 def test_dry_run_of_the_pmnist_sweep(tmp_path, capsys, monkeypatch):
   monkeypatch.chdir(REPO_ROOT)
   argv = ['--config=configs/pmnist.py:seeds=2,data=embedded', f'--root={tmp_path}', '--dry_run']
