@@ -386,7 +386,7 @@ def test_cloze_examples(context):
   assert len(examples) > 20 and stats['examples'] == len(examples)
   for q in examples:
     check_example(q)
-    index = int(q.url.rsplit('/', 1)[1])
+    index = int(q.url.rsplit('/', 2)[1])
     original = [t.lower() for t in sentences[index]]
     # The query is the book's sentence with the answer's name blanked out.
     name = q.entities[q.answer].lower()
@@ -398,6 +398,16 @@ def test_cloze_examples(context):
     if context == 'full':
       window = [t.lower() for s in sentences[index - 6 : index] for t in s]
       assert len(q.context) == len(window)
+  # One question per usable entity of a query sentence (all of them with the full context).
+  by_sentence = collections.defaultdict(set)
+  for q in examples:
+    by_sentence[int(q.url.rsplit('/', 2)[1])].add(q.entities[q.answer].lower())
+  for index, answers in by_sentence.items():
+    query = [t.lower() for t in sentences[index]]
+    window = {t.lower() for s in sentences[index - 6 : index] for t in s}
+    usable = {t for t in query if t in entities and query.count(t) == 1 and t in window}
+    assert answers == usable if context == 'full' else answers <= usable
+  assert any(len(a) > 1 for a in by_sentence.values())
   # Deterministic, and the seed matters.
   again = list(cnn_qa.cloze_examples('b', sentences, entities, seed=1, context=context,
                                      context_sentences=6))  # fmt: skip
@@ -416,13 +426,17 @@ def test_build_books_cloze_splits_by_book_and_is_deterministic(tmp_path):
   for split, books_in in (('training', {'alpha', 'delta'}), ('validation', {'beta'}),
                           ('test', {'gamma'})):  # fmt: skip
     files = sorted((tmp_path / 'a' / split).glob('*.question'))
-    assert files and {f.name.rsplit('-', 1)[0] for f in files} == books_in
+    assert files and {f.name.split('-')[0] for f in files} == books_in
     assert len(files) == report['splits'][split]
     for f in files:  # The same bytes from a second build.
       assert f.read_bytes() == (tmp_path / 'b' / split / f.name).read_bytes()
     for q in cnn_qa.read_questions(tmp_path / 'a', split):
       check_example(q)
   assert cnn_qa.read_build_args(tmp_path / 'a')['context'] == 'top4'
+  assert {n: b['split'] for n, b in report['books'].items()} == {
+    'alpha': 'training', 'beta': 'validation', 'delta': 'training', 'gamma': 'test'
+  }  # fmt: skip
+  assert sum(b['examples'] for b in report['books'].values()) == sum(report['splits'].values())
   # The one loader serves the stand-in.
   data = cnn_qa.load_question_dir(tmp_path / 'a')
   assert data.stats['train']['answer_absent'] == 0

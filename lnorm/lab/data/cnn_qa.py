@@ -56,9 +56,10 @@ its numbers are never the paper's. How it is made:
    Multi-word names stay separate entities (``Frank``, ``Churchill``).
 3. Examples (:func:`cloze_examples`): the sentence ``q`` (3 to ``max_query_tokens``
    tokens) of a book is a query when one of its entities occurs exactly once in it and at
-   least once in the ``context_sentences`` (20) sentences before it; one such entity,
-   drawn with the example's seed, is the answer and becomes ``@placeholder``. Queries
-   are taken every ``stride`` sentences. Every entity of the example is replaced by
+   least once in the ``context_sentences`` (20) sentences before it. Each such entity in
+   turn is the answer of one question and becomes ``@placeholder`` there (as Hermann et
+   al. made one question per entity of a summary point). Queries are taken every
+   ``stride`` sentences. Every entity of the example is replaced by
    ``@entityK``, ``K`` from a fresh random permutation of ``0..n-1`` per example
    (``n`` entities in it), so an id carries no meaning across examples, as in CNN.
 4. ``context='top4'`` keeps, of the 20 context sentences, the 4 with the largest overlap
@@ -68,9 +69,10 @@ its numbers are never the paper's. How it is made:
    them is dropped (counted). ``context='full'`` keeps all 20.
 5. Split by book: whole books for validation (:data:`BOOKS_VALID`) and test
    (:data:`BOOKS_TEST`), the rest for training. Written as ``.question`` files (URL
-   ``books://<book>/<q>``), lower-cased, so :func:`read_questions` serves both corpora.
-   Everything is drawn from ``numpy.random.default_rng([seed, crc32(book), q])``: the same
-   books and seed give the same bytes.
+   ``books://<book>/<q>/<k>``, the ``k``-th answer of sentence ``q``), lower-cased, so
+   :func:`read_questions` serves both corpora. The entity numbers are drawn from
+   ``numpy.random.default_rng([seed, crc32(book), q, k])``: the same books and seed give
+   the same bytes.
 
 :class:`CnnQuestions` is the ``tensorflow_datasets`` builder over the ``.question``
 layout (``manual_dir`` = the directory holding ``training/``, ``validation/``, ``test/``),
@@ -724,7 +726,8 @@ def cloze_examples(
     stride: a query every this many sentences.
     max_query_tokens: longer query sentences are skipped.
     stats: a Counter that receives ``candidates`` (query sentences looked at),
-      ``no_answer`` (none with an entity usable as the answer), ``answer_not_in_top4``.
+      ``no_answer`` (none with an entity usable as the answer), ``answer_not_in_top4``
+      (questions dropped), ``examples`` (questions made).
 
   Yields:
     :class:`Question` s, lower-cased, entities as ``@entityK``.
@@ -741,35 +744,34 @@ def cloze_examples(
     window = lower[q - context_sentences : q]
     in_context = {t for s in window for t in s if t in entities}
     counts = collections.Counter(t for t in query if t in entities)
-    choices = sorted(t for t, n in counts.items() if n == 1 and t in in_context)
+    # In order of appearance in the query.
+    choices = [t for t in dict.fromkeys(query) if counts[t] == 1 and t in in_context]
     if not choices:
       stats['no_answer'] += 1
       continue
-    rng = np.random.default_rng([seed, _book_seed(book), q])
-    answer = choices[int(rng.integers(len(choices)))]
-    blanked = [PLACEHOLDER if t == answer else t for t in query]
-    if context == 'top4':
-      keep = select_top_sentences(window, blanked, 4)
-      window = [window[i] for i in keep]
-      if not any(answer in s for s in window):
-        stats['answer_not_in_top4'] += 1
-        continue
-    seen: dict[str, None] = {}
-    for t in [t for s in window for t in s] + blanked:
-      if t in entities:
-        seen.setdefault(t)
-    numbers = rng.permutation(len(seen))
-    ids = {e: f'{ENTITY_PREFIX}{int(k)}' for e, k in zip(seen, numbers, strict=True)}
-    doc = [ids.get(t, t) for s in window for t in s]
-    names = {ids[e]: e.capitalize() for e in sorted(seen, key=lambda e: entity_number(ids[e]))}
-    stats['examples'] += 1
-    yield Question(
-      url=f'books://{book}/{q}',
-      context=tuple(doc),
-      question=tuple(ids.get(t, t) for t in blanked),
-      answer=ids[answer],
-      entities=names,
-    )
+    for k, answer in enumerate(choices):
+      blanked = [PLACEHOLDER if t == answer else t for t in query]
+      kept = window
+      if context == 'top4':
+        kept = [window[i] for i in select_top_sentences(window, blanked, 4)]
+        if not any(answer in s for s in kept):
+          stats['answer_not_in_top4'] += 1
+          continue
+      seen: dict[str, None] = {}
+      for t in [t for s in kept for t in s] + blanked:
+        if t in entities:
+          seen.setdefault(t)
+      numbers = np.random.default_rng([seed, _book_seed(book), q, k]).permutation(len(seen))
+      ids = {e: f'{ENTITY_PREFIX}{int(n)}' for e, n in zip(seen, numbers, strict=True)}
+      names = {ids[e]: e.capitalize() for e in sorted(seen, key=lambda e: entity_number(ids[e]))}
+      stats['examples'] += 1
+      yield Question(
+        url=f'books://{book}/{q}/{k}',
+        context=tuple(ids.get(t, t) for s in kept for t in s),
+        question=tuple(ids.get(t, t) for t in blanked),
+        answer=ids[answer],
+        entities=names,
+      )
 
 
 def book_split(name: str, valid: Sequence[str], test: Sequence[str]) -> str:
@@ -833,8 +835,9 @@ def build_books_cloze(
     safe = name.replace('/', '_')
     for q in cloze_examples(name, sentences, entities, seed, context, context_sentences,
                             stride, max_query_tokens, stats):  # fmt: skip
-      index = q.url.rsplit('/', 1)[1]
-      (out / split / f'{safe}-{int(index):06d}.question').write_text(format_question(q))
+      index, k = q.url.rsplit('/', 2)[1:]
+      file_name = f'{safe}-{int(index):06d}-{int(k)}.question'
+      (out / split / file_name).write_text(format_question(q))
     report['books'][name] = {'split': split, 'entities': len(entities), **stats}
     report['splits'][split] += stats['examples']
     logging.info('%s (%s): %d examples, %d entities', name, split, stats['examples'], len(entities))
