@@ -244,6 +244,23 @@ def test_end_to_end_through_main_and_evaluate_checkpoint(tmp_path, data_dirs):
   assert (workdir / 'vocab.json').exists() and (workdir / 'corpus.npz').exists()
   assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == [4]
   # Any checkpoint can be evaluated afterwards; the result lands in the workdir.
-  out = st.evaluate_checkpoint(workdir, tasks='MR', folds=2, inner_folds=2, max_examples=60)
-  assert out['step'] == 4 and 0 <= out['metrics']['senteval/MR'] <= 100
+  out = st.evaluate_checkpoint(workdir, tasks='MR', folds=2, inner_folds=2, max_examples=100)
+  # The same protocol on the same checkpoint gives the number logged during training: the
+  # logged scores are those of the trained parameters (not of the initial ones, say).
+  assert out['step'] == 4
+  assert out['metrics']['senteval/MR'] == pytest.approx(rows[-1]['senteval/MR'], abs=1e-9)
+  assert rows[-1]['senteval/MR'] != rows[0]['senteval/MR'] or (
+    rows[-1]['valid/nll'] != rows[0]['valid/nll']
+  )
   assert json.loads((workdir / 'senteval-4.json').read_text())['step'] == 4
+
+
+def test_paper_sizes_clipping_and_sentence_length():
+  paper = st_config.get_config('')
+  assert (paper.embed_dim, paper.hidden_dim, paper.vocab_size) == (620, 2400, 20000)
+  assert paper.grad_clip_norm == 5.0 and paper.optimizer == 'adam' and paper.max_length == 30
+  runner.check_config(paper)
+  vocab = text_lib.Vocabulary.build([[f'w{i}' for i in range(50)]], 100)
+  ids, lengths = st.encode_corpus([[f'w{i}' for i in range(50)], ['w1']], vocab, 30)
+  assert ids.shape == (2, 30) and lengths.tolist() == [30, 2]  # 29 words + <eos>.
+  assert ids[0, 29] == text_lib.EOS_ID and ids[1, 1] == text_lib.EOS_ID
