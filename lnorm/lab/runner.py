@@ -320,7 +320,7 @@ def train_and_evaluate(
   module = check_config(config)
   mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_size(config.batch_size, mesh)
-  workdir = workdir_lib.prepare_workdir(workdir)
+  workdir = _prepare_workdir(workdir)
   with _lock(workdir):
     with distributed.primary_first('make-experiment'):  # Process 0 writes what it caches.
       _write_config(config, workdir, resume_safe_fields(config, module))
@@ -345,10 +345,21 @@ def run(
   check_training_config(config)
   mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_size(config.batch_size, mesh)
-  workdir = workdir_lib.prepare_workdir(workdir)
+  workdir = _prepare_workdir(workdir)
   with _lock(workdir):
     _write_config(config, workdir, resume_safe_fields(config, None) + tuple(resume_safe))
     return _train(config, workdir, mesh, experiment)
+
+
+def _prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+  """``workdir_lib.prepare_workdir`` on process 0; the others touch nothing in it.
+
+  Process 0 makes the directory before the other processes first look in it
+  (after :func:`lnorm.lab.distributed.primary_first`).
+  """
+  if not distributed.is_primary():
+    return pathlib.Path(workdir).expanduser()
+  return workdir_lib.prepare_workdir(workdir)
 
 
 def _lock(workdir: pathlib.Path):
