@@ -23,6 +23,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lnorm.lab import distributed
+
 DAMAGED_DIR = 'damaged-checkpoints'
 
 
@@ -127,8 +129,10 @@ class Checkpointer:
   def move_aside(self, step: int) -> pathlib.Path:
     """Moves checkpoint ``step`` to ``<workdir>/damaged-checkpoints/<step>-<time>``."""
     target = self.directory.parent / DAMAGED_DIR / f'{step}-{time.strftime("%Y%m%dT%H%M%S")}'
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(self.directory / str(step)), str(target))
+    if jax.process_index() == 0:  # One process moves it; the others wait for the move.
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(self.directory / str(step)), str(target))
+    distributed.barrier(f'move-aside-{step}')
     self._manager.reload()
     return target
 
