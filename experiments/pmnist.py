@@ -79,25 +79,6 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes, name='logits')(x)
 
 
-class NnxNormalizedDense(nnx.Module):
-  """NNX twin of :class:`lnorm.layers.NormalizedDense` (attributes ``dense`` and ``norm``)."""
-
-  def __init__(self, in_features, features, *, norm, unbiased_variance, epsilon, rngs):
-    own_bias = norm in ('none', 'weight')
-    self.dense = lnnx.make_dense(norm, in_features, features, use_bias=own_bias, rngs=rngs)
-    if norm == 'rms':
-      self.norm = lnnx.RMSNorm(features, epsilon=epsilon, use_bias=True, rngs=rngs)
-    else:
-      self.norm = lnnx.make_norm(
-        norm, features, epsilon=epsilon, unbiased_variance=unbiased_variance, rngs=rngs
-      )
-    self.is_batch = norm == 'batch'
-
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = self.dense(x)
-    return self.norm(y, use_running_average=not train) if self.is_batch else self.norm(y)
-
-
 class NnxMLP(nnx.Module):
   """The :class:`MLP` in NNX: the same layers and parameter paths (``hidden_0/dense/kernel``...).
 
@@ -118,7 +99,7 @@ class NnxMLP(nnx.Module):
     widths = (NUM_PIXELS, *hidden_sizes)
     self.num_hidden = len(hidden_sizes)
     for i in range(self.num_hidden):
-      layer = NnxNormalizedDense(
+      layer = lnnx.NormalizedDense(
         widths[i], widths[i + 1], norm=norm, unbiased_variance=unbiased_variance,
         epsilon=epsilon, rngs=rngs,
       )  # fmt: skip
@@ -128,7 +109,7 @@ class NnxMLP(nnx.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Maps ``<float32>[batch, 784]`` images to ``<float32>[batch, num_classes]`` logits."""
     for i in range(self.num_hidden):
-      x = nnx.relu(getattr(self, f'hidden_{i}')(x, train))
+      x = nnx.relu(getattr(self, f'hidden_{i}')(x, use_running_average=not train))
     return self.logits(x)
 
 

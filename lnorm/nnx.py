@@ -431,6 +431,55 @@ def make_dense(
   return nnx.Linear(in_features, out_features, rngs=rngs, **kwargs)
 
 
+class NormalizedDense(nnx.Module):
+  """``norm(x @ W) (+ bias)``: NNX twin of :class:`lnorm.layers.NormalizedDense`.
+
+  The same layer and parameter paths (``dense/kernel``, ``norm/scale``, ...):
+  ``'none'``/``'weight'`` keep the dense bias; ``'layer'``, ``'batch'``,
+  ``'group'`` use the norm's gain and bias (paper eq. 4); ``'rms'`` adds a bias
+  after RMS norm. Batch norm uses batch statistics unless
+  ``use_running_average`` (the attribute, ``model.eval()``, or the call's
+  argument) says otherwise.
+
+  Args:
+    in_features, features: input and output widths.
+    norm: one of :data:`NORM_NAMES`.
+    use_running_average: for ``'batch'``: evaluation mode.
+    unbiased_variance: for ``'batch'``: Bessel's correction (paper: batch size 4).
+    epsilon: the normalization's epsilon.
+    rngs: random streams.
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    *,
+    norm: str = 'layer',
+    use_running_average: bool = False,
+    unbiased_variance: bool = False,
+    epsilon: float = F.DEFAULT_EPS,
+    rngs: nnx.Rngs,
+  ):
+    check_norm_name(norm)
+    own_bias = norm in ('none', 'weight')
+    self.dense = make_dense(norm, in_features, features, use_bias=own_bias, rngs=rngs)
+    if norm == 'rms':
+      self.norm = RMSNorm(features, epsilon=epsilon, use_bias=True, rngs=rngs)
+    else:
+      self.norm = make_norm(
+        norm, features, train=not use_running_average, epsilon=epsilon,
+        unbiased_variance=unbiased_variance, rngs=rngs,
+      )  # fmt: skip
+    self.is_batch = norm == 'batch'
+
+  def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+    y = self.dense(x)
+    if self.is_batch:
+      return self.norm(y, use_running_average=use_running_average)
+    return self.norm(y)
+
+
 class _CellBase(nnx.RNNCellBase):
   """Shared parameter set-up: ``input_kernel``, ``recurrent_kernel`` and carry helpers."""
 

@@ -262,3 +262,23 @@ def test_every_parameter_gets_a_gradient():
   grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
   for path, g in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(grads)):
     assert float(jnp.abs(g).max()) > 0, path
+
+
+@pytest.mark.parametrize('norm', layers.NORM_NAMES)
+def test_normalized_dense_equals_linen_from_the_same_parameters(norm):
+  x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+  for train in (True, False):
+    linen = layers.NormalizedDense(8, norm=norm, train=train, unbiased_variance=True)
+    variables = linen.init(jax.random.key(0), x)
+    twin = lnnx.NormalizedDense(
+      5, 8, norm=norm, unbiased_variance=True, use_running_average=not train, rngs=nnx.Rngs(1)
+    )
+    twin = lnnx.from_linen_params(twin, variables)
+    if train and norm == 'batch':
+      want, updates = linen.apply(variables, x, mutable=['batch_stats'])
+      got = twin(x)
+      np.testing.assert_allclose(twin.norm.mean[...], updates['batch_stats']['norm']['mean'],
+                                 rtol=1e-6)  # fmt: skip
+    else:
+      want, got = linen.apply(variables, x), twin(x)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=f'{norm} train={train}')
