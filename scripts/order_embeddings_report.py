@@ -9,7 +9,8 @@ Reads the workdirs of ``configs/order_embeddings.py`` runs (``config.json``,
 * ``<out>.md``: per run the best dev value, the update and the wall time at which the best
   dev model was reached, the test metrics of that model, throughput; LN-GRU's time to its
   best dev model as a fraction of GRU's (the paper: 60%), and the paper's Table 2 beside
-  them, labelled as the paper's.
+  them, labelled as the paper's. Whatever follows :data:`NOTES_MARKER` in an existing
+  page (notes written by hand) is kept.
 
 Usage::
 
@@ -46,6 +47,8 @@ TITLES = {
   'coco': 'MSCOCO caption-image retrieval',
 }
 RETRIEVAL_KEYS = ('r1', 'r5', 'r10', 'medr', 'meanr')
+#: Everything after this line of an existing page is kept when the page is regenerated.
+NOTES_MARKER = '<!-- Notes written by hand below: kept when the page is regenerated. -->'
 # The layer-norm paper's Table 2 (MSCOCO, 1k-image test folds): R@1, R@5, R@10, mean r.
 PAPER_TABLE2 = {
   'none': {'caption': (46.6, 79.3, 89.1, 5.2), 'image': (37.8, 73.6, 85.7, 7.9)},
@@ -220,9 +223,11 @@ def write_markdown(runs: list[dict], md: pathlib.Path, png: pathlib.Path, comman
     '- Optimizer and loop as the original code: its Adam variant (`order_adam`), lr 1e-3, '
     'batch 128, gradients clipped per tensor to norm 2 (books; SICK: by global norm 2, as '
     'the entailment branch of that code), dev evaluation every '
-    f'{", ".join(sorted({str(r["config"]["eval_every_steps"]) for r in runs}))} updates '
-    '(the paper: 300) and at update 0, keeping the best dev model; test metrics are those '
-    'of the best dev model.',
+    + ' / '.join(
+      sorted({f'{r["config"]["eval_every_steps"]} ({r["config"]["data"]})' for r in runs})
+    )  # fmt: skip
+    + ' updates (the paper: 300) and at update 0, keeping the best dev model; test '
+    'metrics are those of the best dev model.',
     '- One seed (0) per run; the four runs ran one after another, niced, on 2 CPU cores '
     "shared with five other agents' jobs (load average 10-14), so wall times are noisy; "
     'updates are the fairer x axis.',
@@ -256,6 +261,8 @@ def write_markdown(runs: list[dict], md: pathlib.Path, png: pathlib.Path, comman
     '',
   ]
   text = '\n'.join(lines)
+  if md.exists() and NOTES_MARKER in md.read_text():  # Keep the hand-written notes.
+    text += '\n' + NOTES_MARKER + md.read_text().split(NOTES_MARKER, 1)[1]
   md.write_text(text)
   return text
 

@@ -566,5 +566,20 @@ def test_report_script_writes_the_page_and_the_figure(tmp_path):
   # GRU's best (84.0) came at update 50 after 20 s, LN-GRU's (85.0) at update 25 after 10 s.
   assert '| GRU | 0 | 75 (2.1) | 84.0 | 50 | 0.3 min |' in text
   assert '**50%** of the GRU' in text and 'OE + LN-GRU (paper) | 48.5' in text
+  # Notes written by hand under the marker survive a regeneration.
+  out.with_suffix('.md').write_text(text + '\n' + report.NOTES_MARKER + '\nkeep me\n')
+  report.main([str(tmp_path / 'sick-none'), str(tmp_path / 'sick-layer'), '--out', str(out)])
+  assert out.with_suffix('.md').read_text().endswith(report.NOTES_MARKER + '\nkeep me\n')
   assert 'Both reach 84.0 (the lower of the two best dev values): GRU at update 50' in text
   assert 'LN-GRU at update 25 (0.2 min)' in text
+
+
+def test_tfidf_baseline_retrieves_the_written_passages(tmp_path):
+  from scripts import order_embeddings_tfidf_baseline as baseline
+
+  splits = book_passages.load_book_passages(write_books(tmp_path), dev_books=['beta'],
+                                            test_books=['gamma'])  # fmt: skip
+  out = baseline.tfidf_retrieval(splits)
+  # Two passages a split; each sentence names its number, most name it uniquely.
+  assert out['test']['num_folds'] == 1 and out['dev']['image_r1'] >= 80.0
+  assert out['test']['caption_r1'] == 100.0 and out['test']['image_r5'] == 100.0
