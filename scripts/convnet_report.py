@@ -115,8 +115,8 @@ def table(groups: dict[str, list[compare.RunData]], tail: int, threshold: float)
       fmt([first_step_below(r, 'train/loss', threshold) for r in runs]),
       fmt([value_at_last(r, 'test/error') for r in runs], scale=100),
       fmt([value_at_first(r, 'test/error') for r in runs], scale=100),
-      fmt([(r.final or {}).get('train_examples_per_s', float('nan')) for r in runs], 3),
-      fmt([r.rows[-1]['wall_s'] for r in runs], 3),
+      fmt([(r.final or {}).get('train_examples_per_s', float('nan')) for r in runs], 4),
+      fmt([r.rows[-1]['wall_s'] for r in runs], 4),
     ]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
@@ -133,12 +133,15 @@ def plot(groups: dict[str, list[compare.RunData]], path: pathlib.Path, title: st
   panels = [
     (axes[0, 0], 'train/loss', 'step', 'training loss (NLL)', 'updates (batch 128)'),
     (axes[0, 1], 'test/error', 'step', 'test error', 'updates (batch 128)'),
-    (axes[1, 0], 'train/loss', 'wall_s', 'training loss (NLL)', 'wall time (s)'),
-    (axes[1, 1], 'test/error', 'wall_s', 'test error', 'wall time (s)'),
+    (axes[1, 0], 'train/loss', 'wall_s', 'training loss (NLL)', 'wall time (s), mean of seeds'),
+    (axes[1, 1], 'test/error', 'wall_s', 'test error', 'wall time (s), mean of seeds'),
   ]
   for ax, metric, x, ylabel, xlabel in panels:
     for i, (norm, runs) in enumerate(groups.items()):
-      xs, mean, lo, hi, _ = compare.aggregate(runs, metric, x)
+      xs, mean, lo, hi, _ = compare.aggregate(runs, metric, 'step')
+      if x == 'wall_s':  # At each step, the seeds' mean wall time (their clocks differ).
+        steps, wall, *_ = compare.aggregate(runs, 'wall_s', 'step')
+        xs = np.interp(xs, steps, wall)
       color = norm_color(norm, i)
       ax.plot(xs, mean, color=color, lw=1.6, marker='o' if 'test' in metric else None, ms=3,
               label=f'{norm} ({len(runs)} seeds)')  # fmt: skip
