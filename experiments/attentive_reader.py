@@ -86,7 +86,9 @@ PROB_EPS = 1e-8
 #: The random stream of the per-batch entity permutation, beside the data order's.
 ENTITY_STREAM = 1
 STATS_FILE = 'data_stats.json'
-RESUME_SAFE = ('eval_batch_size',)
+#: Beyond the runner's: the evaluation batch, and the stand-in's build fields, which only
+#: act when it is built and are checked against the build.json of the one found.
+RESUME_SAFE = ('eval_batch_size', 'books_dir', 'cloze_valid_books', 'cloze_test_books')
 
 Array = jax.Array
 
@@ -502,8 +504,24 @@ def books_cloze_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
     raise FileNotFoundError(
       f'{path} holds no books stand-in (no training/ nor {cnn_qa.BUILD_FILE}).'
     )
-  if args is not None and args['context'] != config.context:
-    raise ValueError(f'{path} was built with context={args["context"]!r}, not {config.context!r}.')
+  if args is not None and args.get('version') != cnn_qa.CLOZE_VERSION:
+    raise ValueError(
+      f'{path} was built by an older recipe (version {args.get("version", 1)}, now '
+      f'{cnn_qa.CLOZE_VERSION}): rebuild it with scripts/make_books_cloze.py '
+      f'--context={config.context} --out={path}.'
+    )
+  wanted = {
+    'context': config.context,
+    'seed': config.cloze_seed,
+    'valid_books': [b for b in config.cloze_valid_books.split(',') if b],
+    'test_books': [b for b in config.cloze_test_books.split(',') if b],
+  }
+  for key, value in wanted.items() if args is not None else ():
+    if args[key] != value:
+      raise ValueError(
+        f'{path} was built with {key}={args[key]!r}, not {value!r} as the config asks; '
+        'rebuild it (scripts/make_books_cloze.py) or change the config.'
+      )
   if not path.is_dir():
     books = workdir_lib.find_data_dir('books', config.books_dir)
     if not books:
@@ -512,7 +530,10 @@ def books_cloze_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
         'or make the books findable (books_dir=..., or $LNORM_DATA_DIR/books).'
       )
     logging.info('Building the books cloze stand-in (context=%s) in %s.', config.context, path)
-    cnn_qa.build_books_cloze(books, path, context=config.context, seed=config.cloze_seed)
+    cnn_qa.build_books_cloze(
+      books, path, context=config.context, seed=config.cloze_seed,
+      valid_books=wanted['valid_books'], test_books=wanted['test_books'],
+    )  # fmt: skip
   return path
 
 

@@ -21,9 +21,10 @@ if str(REPO_ROOT) not in sys.path:
 from configs import attentive_reader as ar_config  # noqa: E402
 from experiments import attentive_reader as ar  # noqa: E402
 from lnorm.lab import metrics, sharding  # noqa: E402
+from lnorm.lab import workdir as workdir_lib  # noqa: E402
 from lnorm.lab.contract import TrainState  # noqa: E402
 from lnorm.lab.data import cnn_qa  # noqa: E402
-from tests.test_data_cnn_qa import write_question_dir, write_top4  # noqa: E402
+from tests.test_data_cnn_qa import write_books, write_question_dir, write_top4  # noqa: E402
 
 # ------------------------------------------------------------------------------------------
 # The formulas, against float64 numpy written from the equations.
@@ -335,6 +336,26 @@ def test_missing_data_fails_clearly(tmp_path, monkeypatch):
     ar.load_data(ar_config.get_config(f'data=cnn,data_dir={tmp_path}'))
   with pytest.raises(FileNotFoundError, match='does not exist; build it'):
     ar.load_data(ar_config.get_config(f'data=books,data_dir={tmp_path / "none"}'))
+
+
+def test_books_stand_in_is_built_on_first_use_and_checked(tmp_path, monkeypatch):
+  books = write_books(tmp_path / 'books')
+  monkeypatch.setenv('LNORM_DATA_DIR', str(tmp_path / 'empty'))
+  monkeypatch.setattr(workdir_lib, 'REPO_ROOT', tmp_path / 'repo')
+  config = ar_config.get_config(f'data=books,smoke,books_dir={books}')
+  config.cloze_valid_books, config.cloze_test_books = 'beta', 'gamma'
+  path = ar.books_cloze_dir(config)
+  assert path == tmp_path / 'repo' / 'data' / 'books_cloze' / 'top4'
+  args = cnn_qa.read_build_args(path)
+  assert args['valid_books'] == ['beta'] and args['version'] == cnn_qa.CLOZE_VERSION
+  assert ar.books_cloze_dir(config) == path  # Found, not rebuilt.
+  with pytest.raises(ValueError, match="built with context='top4', not 'full' as the config"):
+    ar.books_cloze_dir(ar_config.get_config(f'data=books,context=full,data_dir={path}'))
+  with pytest.raises(ValueError, match=r"valid_books=\['beta'\], not \['persuasion'"):
+    ar.books_cloze_dir(ar_config.get_config(f'data=books,data_dir={path}'))
+  (path / cnn_qa.BUILD_FILE).write_text('{"args": {"context": "top4"}}')
+  with pytest.raises(ValueError, match='older recipe .version 1, now 2.: rebuild it'):
+    ar.books_cloze_dir(ar_config.get_config(f'data=books,data_dir={path}'))
 
 
 def test_top4_experiment_runs_a_step(tmp_path):

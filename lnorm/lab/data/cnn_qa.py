@@ -116,6 +116,8 @@ BOOKS_VALID = ('persuasion', 'chesterton-brown')
 BOOKS_TEST = ('northangerabbey', 'chesterton-thursday')
 CONTEXTS = ('full', 'top4')
 BUILD_FILE = 'build.json'
+#: The recipe's version, written into build.json: a stand-in built by another is refused.
+CLOZE_VERSION = 2
 
 # A short English stopword list (the words too common to say which sentence is relevant).
 STOPWORDS = frozenset(
@@ -822,6 +824,7 @@ def build_books_cloze(
     for old in (out / split).glob('*.question'):
       old.unlink()
   args = dict(
+    version=CLOZE_VERSION,
     context=context, seed=seed, valid_books=list(valid_books), test_books=list(test_books),
     context_sentences=context_sentences, stride=stride, max_query_tokens=max_query_tokens,
     min_entity_count=min_entity_count, min_capitalised=min_capitalised,
