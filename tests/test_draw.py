@@ -461,6 +461,7 @@ def test_configs_and_sweep():
   assert paper.optimizer == 'adam' and paper.learning_rate == 1e-3 and paper.num_train == 0
   cpu = draw_config.get_config('scale=cpu')
   assert cpu.glimpses < paper.glimpses and cpu.scale == 'cpu'
+  assert draw_config.get_config('smoke').scale == 'smoke'
   for c in (paper, cpu, draw_config.get_config('smoke')):
     draw.check_config(c)
   with pytest.raises(ValueError, match='unknown config arg'):
