@@ -7,15 +7,17 @@ config's model) for every norm, in interleaved rounds, and reports the median
 time per step and its ratio to no normalization: the honest "per update" price
 to read beside the curves against updates.
 
-Usage, from the repository root::
+Usage, from the repository root (``--md`` also puts the table between the
+markers ``<!-- convnet-bench:begin -->`` and ``<!-- convnet-bench:end -->`` of that file)::
 
-  python scripts/convnet_bench.py --rounds 7
+  python scripts/convnet_bench.py --rounds 7 --md results/convnet.md
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -65,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--norms', default='none,batch,layer,rms,group')
   parser.add_argument('--rounds', type=int, default=7, help='interleaved timing rounds.')
   parser.add_argument('--calls', type=int, default=3, help='calls per norm and round.')
+  parser.add_argument('--md', default=None, help='a markdown file to put the table into.')
   args = parser.parse_args(argv)
   norms = [n for n in args.norms.split(',') if n]
   setups = {n: make_chunk(f'norm={n}') for n in norms}
@@ -79,12 +82,25 @@ def main(argv: Sequence[str] | None = None) -> int:
       jax.block_until_ready(out)
       times[n].append((time.perf_counter() - start) / (args.calls * k))
   base = float(np.median(times[norms[0]]))
-  print(f'| norm | ms per step (median of {args.rounds}) | relative to {norms[0]} |')
-  print('|---|---|---|')
+  lines = [
+    f'| norm | ms per step (median of {args.rounds}) | relative to {norms[0]} |',
+    '|---|---|---|',
+  ]
   for n in norms:
     med = float(np.median(times[n]))
-    print(f'| {n} | {med * 1e3:.2f} | {med / base:.2f} |')
+    lines.append(f'| {n} | {med * 1e3:.2f} | {med / base:.2f} |')
+  text = '\n'.join(lines)
+  print(text)
   print(f'jax {jax.__version__}, {jax.devices()[0].platform}, batch 128', file=sys.stderr)
+  if args.md:
+    path = pathlib.Path(args.md)
+    begin, end = '<!-- convnet-bench:begin -->', '<!-- convnet-bench:end -->'
+    doc = path.read_text()
+    pattern = re.compile(re.escape(begin) + '.*?' + re.escape(end), re.S)
+    if not pattern.search(doc):
+      print(f'{path} has no {begin} ... {end} markers; table not written.', file=sys.stderr)
+      return 1
+    path.write_text(pattern.sub(lambda _: f'{begin}\n{text}\n{end}', doc))
   return 0
 
 

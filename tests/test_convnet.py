@@ -337,3 +337,18 @@ def test_convnet_report_table_and_figure(tmp_path):
   assert '| layer | 2 | 30 | 0.1 ± 0 | 0.375 ± 0 | 20 ± 0 | 2 ± 0 |' in text
   assert '| none | 2 | 30 | 0.5 ± 0 | 1.12 ± 0 | never |' in text
   assert (tmp_path / 'c.png').stat().st_size > 10_000
+
+
+def test_border_stats_of_a_map_with_a_dead_border():
+  stats = _script('convnet_border_stats')
+  rng = np.random.default_rng(13)
+  a = np.zeros((50, 8, 8, 2))
+  a[:, 1:7, 1:7, :] = rng.standard_normal((50, 6, 6, 2))  # Only the centre 6x6 varies.
+  a[:, 0, 0, 0] = 0.5 * rng.standard_normal(50)  # One live border unit, half the spread.
+  s = stats.border_stats(a, ring=1)
+  assert s['border_share'] == 28 / 64
+  assert s['near_constant'] == pytest.approx((28 * 2 - 1) / 128)
+  assert s['near_constant_border'] == pytest.approx(55 / 56)
+  live = a[:, 0, 0, 0].std() / 2 / 28  # Its position's channel mean, over 28 positions.
+  np.testing.assert_allclose(s['border_std'], live)
+  np.testing.assert_allclose(s['centre_std'], a[:, 1:7, 1:7].std(axis=0).mean())
