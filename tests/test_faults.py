@@ -333,3 +333,23 @@ def test_a_run_logs_a_summary_line_not_the_config_nor_backend_probes(tmp_path):
   assert 'hidden_sizes' not in stderr  # The config is in config.json, not the log.
   assert 'pmnist: norm=layer batch_size=128 steps=4' in stderr
   assert len(stderr.splitlines()) < 15, stderr
+
+
+def test_a_rerun_with_the_old_length_never_goes_past_it(tmp_path, data, reference):
+  """Checkpoints past ``num_steps`` (a signal after the last cadence point, then a rerun of the
+  old command): the run resumes within its length and ends as the uninterrupted one."""
+  _train(_config(num_epochs=3), tmp_path, data)  # Checkpoints at 2, 4, ..., 12.
+  (tmp_path / 'final.json').unlink()
+  for step in (12, 10):
+    shutil.rmtree(tmp_path / 'checkpoints' / str(step))  # Leaves 2..8 and: the newest is 8.
+  ckpt = checkpoints.Checkpointer(tmp_path / 'checkpoints')
+  assert ckpt.latest_step() == 8
+  ckpt.close()
+  final = _train(_config(num_epochs=1), tmp_path, data)  # 4 steps: 6 and 8 are past the end.
+  assert final['step'] == 4 and not final['diverged']
+  assert [r['step'] for r in metrics.read_metrics(tmp_path)] == [2, 4]
+  with pytest.raises(ValueError, match='holds checkpoints only past'):
+    for step in (2, 4):
+      shutil.rmtree(tmp_path / 'checkpoints' / str(step))
+    (tmp_path / 'final.json').unlink()
+    _train(_config(num_epochs=1), tmp_path, data)

@@ -136,16 +136,19 @@ class Checkpointer:
     self._manager.reload()
     return target
 
-  def restore_latest(self, like: Any) -> tuple[Any, dict[str, Any], int] | None:
+  def restore_latest(
+    self, like: Any, max_step: int | None = None
+  ) -> tuple[Any, dict[str, Any], int] | None:
     """The newest intact checkpoint as ``(state, meta, step)``; ``None`` if there is none.
 
-    Damaged ones are reported (one warning line each) and moved aside.
+    Only steps up to ``max_step`` are considered (all when ``None``). Damaged ones
+    are reported (one warning line each) and moved aside.
 
     Raises:
       CheckpointError: checkpoints exist but none is intact; the message names
         the directory and what to do.
     """
-    steps = self.all_steps()
+    steps = [s for s in self.all_steps() if max_step is None or s <= max_step]
     for step in reversed(steps):
       try:
         state, meta = self.restore(step, like)

@@ -410,8 +410,22 @@ def _train(config, workdir: pathlib.Path, mesh: Mesh, exp: Experiment) -> dict[s
     return final
   if final is not None and distributed.is_primary():
     final_path.unlink()  # E.g. num_epochs was raised: the run goes on.
+  if start > num_steps:
+    # E.g. a run stopped by a signal after its last cadence checkpoint, then rerun with the
+    # old length: resume from the newest checkpoint within the run, never past its end.
+    within = [s for s in checkpointer.all_steps() if s <= num_steps]
+    if not within:
+      checkpointer.close()
+      raise ValueError(
+        f"{workdir} holds checkpoints only past the run's {num_steps} steps (the newest is "
+        f'step {start}): raise num_epochs or num_steps to at least {start}, or use a new '
+        '--workdir.'
+      )
+    logging.warning('The checkpoints of %s go past step %d (to %d): resuming from step %d.',
+                    workdir, num_steps, start, within[-1])  # fmt: skip
   if start:
-    state, meta, start = checkpointer.restore_latest(state) or (state, meta, 0)
+    restored = checkpointer.restore_latest(state, max_step=num_steps)
+    state, meta, start = restored or (state, meta, 0)
     logging.info('Resumed from the checkpoint of step %d in %s.', start, workdir)
   logging.info(
     '%s: norm=%s batch_size=%d steps=%d (%d per epoch) on %d device(s); workdir %s',
