@@ -69,6 +69,16 @@ def cpu_set(i: int, cpus_per_process: int) -> set[int]:
   return {cores[(i * cpus_per_process + j) % len(cores)] for j in range(cpus_per_process)}
 
 
+def describe(returncode: int) -> str:
+  """``'exit 5'`` or ``'killed by SIGKILL'``."""
+  if returncode < 0:
+    try:
+      return f'killed by {signal.Signals(-returncode).name}'
+    except ValueError:
+      return f'killed by signal {-returncode}'
+  return f'exit {returncode}'
+
+
 def _pump(stream, prefix: str, out) -> None:
   for line in iter(stream.readline, b''):
     out.write(prefix + line.decode(errors='replace'))
@@ -132,13 +142,14 @@ def launch(
   previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
   start = time.monotonic()
   first_failure: int | None = None
-  failed_at = None
+  failed_at, first_index = None, None
   try:
     while any(p.poll() is None for p in procs):
       for p in procs:
         code = p.poll()
         if code not in (None, 0) and first_failure is None:
           first_failure, failed_at = (128 - code if code < 0 else code), time.monotonic()
+          first_index = procs.index(p)
       now = time.monotonic()
       late = failed_at is not None and now - failed_at > grace_s
       if late or (timeout_s is not None and now - start > timeout_s):
@@ -161,7 +172,12 @@ def launch(
       signal.signal(s, handler)
   if first_failure is None:
     codes = [128 - p.returncode if p.returncode < 0 else p.returncode for p in procs]
-    first_failure = next((c for c in codes if c), 0)
+    first_index = next((i for i, c in enumerate(codes) if c), None)
+    first_failure = codes[first_index] if first_index is not None else 0
+  if first_failure:
+    statuses = ', '.join(f'{i}: {describe(p.returncode)}' for i, p in enumerate(procs))
+    first = f'process {first_index} failed first; ' if first_index is not None else ''
+    sys.stderr.write(f'launch_local: {first}processes {statuses}.\n')
   return first_failure
 
 
