@@ -447,7 +447,11 @@ def make_experiment(
     init=model.init,
     loss=make_loss_fn(module),
     train=batching.shuffled(
-      len(centers), config.batch_size, config.seed, lambda i: triple_batch(data, centers[i])
+      len(centers),
+      config.batch_size,
+      config.seed,
+      lambda i: triple_batch(data, centers[i]),
+      rowwise=True,  # Every sentence is padded to max_length: a row needs only its index.
     ),
     evaluators=evaluators,
     num_steps=config.num_steps or None,
