@@ -484,6 +484,30 @@ def evaluate_split(
   return {k: v / len(split) for k, v in sums.items()}
 
 
+def heuristic_errors(split: cnn_qa.QASplit, entity_ids: np.ndarray) -> dict[str, float]:
+  """Errors of answer rules that do not read the question, for scale.
+
+  ``most_frequent``: the entity occurring most often in the document (ties: the one
+  mentioned first); ``uniform_candidate``: the expected error of a uniform guess among
+  the document's entities (``1 - 1 / #entities``).
+  """
+  entities = set(np.asarray(entity_ids).tolist())
+  wrong, expected = 0, 0.0
+  for doc, answer in zip(split.docs, split.answers, strict=True):
+    mentions = [t for t in doc.tolist() if t in entities]
+    counts: dict[int, int] = {}
+    for t in mentions:
+      counts[t] = counts.get(t, 0) + 1
+    if not counts:
+      wrong, expected = wrong + 1, expected + 1.0
+      continue
+    top = max(counts, key=lambda t: (counts[t], -mentions.index(t)))
+    wrong += int(top != answer)
+    expected += 1.0 - 1.0 / len(counts)
+  n = max(len(split), 1)
+  return {'most_frequent': wrong / n, 'uniform_candidate': expected / n}
+
+
 # ----------------------------------------------------------------------------------------
 # Data.
 

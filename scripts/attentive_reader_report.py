@@ -7,7 +7,9 @@ Writes ``<out>.png`` (validation error against updates and against wall-clock ti
 colour per cell: LSTM grey, BN-LSTM blue, LN-LSTM red) and prints a Markdown table: per
 run the best validation error and its step, the updates needed to reach the plain LSTM's
 best validation error, the test error at the end, and the training throughput
-(questions/s, from final.json).
+(questions/s, from final.json). ``--baselines`` adds the errors of two rules that do not
+read the question (the most frequent entity of the document; a uniform guess among its
+entities) on the first run's data, and draws the first as a dotted line.
 """
 
 from __future__ import annotations
@@ -71,7 +73,22 @@ def table(runs: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def plot(runs: list[dict], out: pathlib.Path, title: str) -> None:
+def baselines(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
+  """:func:`experiments.attentive_reader.heuristic_errors` on the run's valid/test data."""
+  import ml_collections
+
+  from experiments import attentive_reader
+
+  config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
+  data = attentive_reader.load_data(config)
+  return {
+    name: attentive_reader.heuristic_errors(split, data.entity_ids)
+    for name, split in data.splits.items()
+    if name != 'train'
+  }
+
+
+def plot(runs: list[dict], out: pathlib.Path, title: str, hline: float | None = None) -> None:
   import matplotlib
 
   matplotlib.use('Agg')
@@ -85,6 +102,9 @@ def plot(runs: list[dict], out: pathlib.Path, title: str) -> None:
     for ax, x in zip(axes, ('step', 'wall_s'), strict=True):
       xs = [r[x] / (60 if x == 'wall_s' else 1) for r in rows]
       ax.plot(xs, [r['valid/error'] for r in rows], style, color=color, label=run['label'], lw=1.6)
+  if hline is not None:
+    for ax in axes:
+      ax.axhline(hline, color='k', ls=':', lw=1, label='most frequent entity')
   axes[0].set_xlabel('training updates')
   axes[1].set_xlabel('wall-clock minutes (2 shared CPU cores)')
   axes[0].set_ylabel('validation error')
@@ -101,11 +121,23 @@ def main(argv: list[str] | None = None) -> str:
   parser.add_argument('workdirs', nargs='+')
   parser.add_argument('--out', default='results/attentive_reader')
   parser.add_argument('--title', default='Attentive reader on the books cloze STAND-IN (not CNN)')
+  parser.add_argument(
+    '--baselines', action='store_true', help='also the heuristic errors (loads the data)'
+  )
   args = parser.parse_args(argv)
   runs = [load_run(pathlib.Path(w)) for w in args.workdirs]
   runs = [r for r in runs if r['rows']]
-  plot(runs, pathlib.Path(args.out), args.title)
   text = table(runs)
+  hline = None
+  if args.baselines:
+    found = baselines(runs[0]['dir'])
+    hline = found['valid']['most_frequent']
+    text += '\n\nRules that do not read the question (same data as the first run):\n\n'
+    text += '| split | most frequent entity | uniform among the entities of the document |\n'
+    text += '|---|---|---|\n'
+    for name, b in found.items():
+      text += f'| {name} | {b["most_frequent"]:.3f} | {b["uniform_candidate"]:.3f} |\n'
+  plot(runs, pathlib.Path(args.out), args.title, hline)
   print(text)
   return text
 

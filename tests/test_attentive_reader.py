@@ -294,6 +294,18 @@ def test_evaluate_split_does_not_depend_on_the_batch_size():
   assert a['nll'] == pytest.approx(np.mean([float(p['nll'][0]) for p in per]), rel=1e-5)
 
 
+def test_heuristic_errors():
+  split = cnn_qa.QASplit(
+    [np.array([3, 9, 4, 4]), np.array([5, 3, 3, 5]), np.array([9, 9])],
+    [np.array([1])] * 3,
+    np.array([4, 3, 5], np.int32),
+  )
+  got = ar.heuristic_errors(split, np.array([3, 4, 5]))
+  # Most frequent: 4 (right), 5 (tie with 3, mentioned first: wrong), none (wrong).
+  assert got['most_frequent'] == pytest.approx(2 / 3)
+  assert got['uniform_candidate'] == pytest.approx((1 / 2 + 1 / 2 + 1) / 3)
+
+
 # ------------------------------------------------------------------------------------------
 # Configs, errors, and end to end.
 
