@@ -478,7 +478,7 @@ def evaluate_split(
     idx = np.concatenate([idx, np.full(batch_size - m, idx[0])])
     length = text_lib.bucket_length(max(len(split.docs[i]) for i in idx), boundaries)
     batch = make_batch(split, idx, length, query_length)
-    values = eval_fn(state, sharding.shard_batch(batch, mesh))
+    values = sharding.to_host(eval_fn(state, sharding.shard_batch(batch, mesh)))  # All rows.
     for k, v in values.items():
       sums[k] = sums.get(k, 0.0) + float(np.asarray(v, np.float64)[:m].sum())
   return {k: v / len(split) for k, v in sums.items()}
