@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from lnorm.lab.data import binarized_mnist as bm
+from lnorm.lab.data import file_sha256
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZES = {'train': 5, 'valid': 3, 'test': 2}
@@ -37,7 +38,7 @@ def write_files(directory: pathlib.Path, seed: int = 0) -> dict[str, np.ndarray]
 
 def checksums_of(directory: pathlib.Path) -> dict[str, tuple[int, str]]:
   return {
-    name: ((directory / name).stat().st_size, bm.file_sha256(directory / name))
+    name: ((directory / name).stat().st_size, file_sha256(directory / name))
     for name, *_ in bm.FILES.values()
   }
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lnorm.lab import workdir
-from lnorm.lab.data import mnist
+from lnorm.lab.data import file_sha256, mnist
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -155,7 +155,7 @@ def test_real_files_checksums_and_counts(shared_data):
   directory = shared_data / 'mnist'
   for name, (sha256, size) in mnist.MNIST_FILES.items():
     assert (directory / name).stat().st_size == size
-    assert mnist.file_sha256(directory / name) == sha256
+    assert file_sha256(directory / name) == sha256
   data = mnist.load_mnist('idx', directory)
   assert data['train']['image'].shape == (60000, 784)
   assert data['test']['image'].shape == (10000, 784)

@@ -46,13 +46,14 @@ Command line (prepare the tfds builder once)::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pathlib
 from collections.abc import Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from lnorm.lab.data import file_sha256
 
 NUM_PIXELS = 784
 IMAGE_SHAPE = (28, 28)
@@ -98,15 +99,6 @@ class DamagedFileError(ValueError):
 
 
 # ------------------------------------------------------------------ files
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-  """The hex sha256 of a file."""
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
 
 
 def _instructions(directory) -> str:

@@ -38,7 +38,6 @@ Command line, to prepare the tfds data once (e.g. in a set-up step)::
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import os
 import pathlib
@@ -238,15 +237,6 @@ def _files_instructions(directory) -> str:
 def _env_mnist_dir() -> pathlib.Path | None:
   found = find_data_dir('mnist')
   return pathlib.Path(found) if found else None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-  """The hex sha256 of a file."""
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
 
 
 # ------------------------------------------------------------------ embedded subset
