@@ -11,11 +11,12 @@ the later answer to exactly this; it is here as an added baseline.
 
 The network (:class:`ConvNet`) is the CNN of Flax's MNIST example
 (``flax/examples/mnist``: two 3x3 convolutions with 2x2 average pooling, a
-dense hidden layer, the logits) at half its width by default, 16 and 32
-channels and 128 hidden units: a small, standard convnet that trains to about
-1% test error in a few epochs and runs about twice as fast as the full width
-on the 2 shared CPU cores here. ``norm`` acts on the pre-activation of each
-convolution (in place of the convolution's bias); the dense layers are the
+dense hidden layer, the logits); the class defaults to half its width (16
+and 32 channels, 128 hidden units) and ``configs/convnet.py`` runs a quarter
+(8 and 16 channels, 64 hidden units: LeNet-5's scale), a small, standard
+convnet cheap enough for 15 runs on the 2 shared CPU cores here. ``norm``
+acts on the pre-activation of each convolution (in place of the
+convolution's bias); the dense layers are the
 same for every ``norm``, so the runs differ only in how the convolutional
 units are normalized, which is what §6.7 is about. The normalizations of a
 feature map ``a`` of shape ``[B, H, W, C]`` (:class:`ConvNorm`):
@@ -198,8 +199,8 @@ class ConvNet(nn.Module):
   """conv3x3 -> norm -> ReLU -> avgpool2 (per entry of ``features``) -> dense -> ReLU -> logits.
 
   Flax's MNIST CNN (``features=(32, 64)``, ``dense_size=256``) with the
-  convolutions' pre-activations normalized by :class:`ConvNorm`; the default
-  here is half its width. Convolutions use 'SAME' padding (so a border unit
+  convolutions' pre-activations normalized by :class:`ConvNorm`; the defaults
+  here are half its width. Convolutions use 'SAME' padding (so a border unit
   sees zeros where a centre unit sees pixels: the difference §6.7 names).
 
   Attributes:
