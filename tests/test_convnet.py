@@ -58,6 +58,10 @@ def test_layer_norm_statistics_are_each_examples_h_w_c():
   var = ((x - mu) ** 2).mean(axis=(1, 2, 3), keepdims=True)
   expected = g * (x - mu) / np.sqrt(var + EPS) + b
   np.testing.assert_allclose(_apply('layer', x, g, b), expected, rtol=1e-5, atol=1e-5)
+  # The library's module with per-channel parameters is the same computation.
+  params = {'params': {'scale': jnp.asarray(g, jnp.float32), 'bias': jnp.asarray(b, jnp.float32)}}
+  module = layers.LayerNorm(axis=(1, 2, 3), feature_axes=-1)
+  np.testing.assert_allclose(module.apply(params, jnp.asarray(x, jnp.float32)), expected, atol=1e-5)
   # With unit gains and zero biases, each example (not each channel) has mean 0 and variance 1.
   y = _apply('layer', x, np.ones(6), np.zeros(6))
   np.testing.assert_allclose(y.mean(axis=(1, 2, 3)), 0, atol=1e-5)
