@@ -24,11 +24,11 @@ def _run(*args, cwd=REPO_ROOT):
 @pytest.mark.parametrize(
   'args,message',
   [
-    (['--config=configs/pmnist.py:norm=group'], "unknown norm 'group'; valid names are: none"),
+    (['--config=configs/pmnist.py:norm=grup'], "unknown norm 'grup'; valid names are: none"),
     (['--config=configs/pmnist.py:colour=red'], "unknown config arg 'colour'; allowed args"),
     (
-      ['--config=configs/pmnist.py:smoke', '--config.norm=group'],
-      "bad config: unknown norm 'group'",
+      ['--config=configs/pmnist.py:smoke', '--config.norm=grup'],
+      "bad config: unknown norm 'grup'",
     ),
     (['--config=configs/nothere.py'], 'cannot load --config: .*No such file'),
     (['--config=configs/pmnist.py:smoke,data=idx,data_dir=/nonexistent'], 'MNIST files missing'),
