@@ -59,14 +59,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import Mesh
 
 from lnorm import functional as F
 from lnorm import layers
 from lnorm.lab import batching, config_args, models, runner
 from lnorm.lab import workdir as workdir_lib
-from lnorm.lab.contract import Evaluator, Experiment, LossFn, TrainState
+from lnorm.lab.classification import make_eval_fn, make_loss_fn
+from lnorm.lab.contract import Evaluator, Experiment
 from lnorm.lab.data.mnist import SOURCES as DATA_SOURCES
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -333,34 +333,6 @@ def make_model(config: ml_collections.ConfigDict) -> models.Model:
     bn_momentum=config.bn_momentum,
   )
   return models.linen(module, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), train=False)
-
-
-def make_loss_fn(model: models.Model) -> LossFn:
-  """``(params, model_state, batch, rng) -> (mean NLL, ({'error'}, new model_state))``."""
-
-  def loss_fn(params, model_state, batch, rng):
-    del rng  # The model is deterministic.
-    logits, model_state = model.apply(
-      params, model_state, batch['image'], train=True, update_state=True
-    )
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-    error = jnp.mean(jnp.argmax(logits, -1) != batch['label'])
-    return jnp.mean(nll), ({'error': error}, model_state)
-
-  return loss_fn
-
-
-def make_eval_fn(model: models.Model):
-  """A jitted ``(state, batch) -> {'nll', 'error'}``, per-example ``<float32>[batch]``."""
-
-  @jax.jit
-  def eval_fn(state: TrainState, batch):
-    logits, _ = model.apply(state.params, state.model_state, batch['image'], train=False)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-    error = (jnp.argmax(logits, -1) != batch['label']).astype(jnp.float32)
-    return {'nll': nll, 'error': error}
-
-  return eval_fn
 
 
 def make_experiment(

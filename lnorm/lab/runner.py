@@ -238,16 +238,22 @@ def make_train_chunk(train_step: Callable, mesh: Mesh) -> Callable:
   along axis 1 (step ``i`` trains on ``batches[i]``; each ``K`` and batch shape
   compiles once); step ``s`` uses ``fold_in(rng, s)``; ``metrics`` are float32
   ``[K]``; ``params_finite`` says whether every parameter is finite after the
-  chunk. The state's buffers are donated. (Masking a padded tail with
-  ``lax.cond`` instead of compiling ``K = 1`` doubled the time of a batch-4
-  pMNIST step on CPU: the branch copies the state.)
+  chunk. The state's buffers are donated. A call of ``K = 1`` runs the step
+  without a scan: XLA:CPU compiles some ops inside a scan to slower generic
+  loops (a convolution's kernel gradient among them). A short tail compiles
+  its own ``K = 1`` rather than masking a padded ``K`` with ``lax.cond``,
+  whose branches copy the whole state.
   """
 
   def chunk(state, batches, rng):
     def body(state, batch):
       return train_step(state, batch, jax.random.fold_in(rng, state.step))
 
-    state, metrics = jax.lax.scan(body, state, batches)
+    if jax.tree.leaves(batches)[0].shape[0] == 1:
+      state, metrics = body(state, jax.tree.map(lambda x: x[0], batches))
+      metrics = jax.tree.map(lambda v: jnp.asarray(v)[None], metrics)
+    else:
+      state, metrics = jax.lax.scan(body, state, batches)
     return state, metrics, _all_finite(state.params)
 
   return jax.jit(chunk, donate_argnums=(0,), out_shardings=sharding.replicated(mesh))
