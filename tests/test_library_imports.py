@@ -82,3 +82,12 @@ def test_flax_alone_does_not_load_the_runner_dependencies():
   before, _ = _import_in_fresh_interpreter('lnorm')
   loaded_by_flax = sorted({m.split('.')[0] for m in before} & set(HEAVY))
   assert set(loaded_by_flax) <= {'optax'}, loaded_by_flax
+
+
+@pytest.mark.parametrize('module', ['lnorm.functional', 'lnorm.cells'])
+def test_the_pure_functions_need_no_flax(module):
+  """The math (README: "the functions need no Flax") imports JAX only."""
+  code = f'import sys, {module}; bad = [m for m in sys.modules if m.split(".")[0] == "flax"]; '
+  code += 'assert not bad, bad'
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-1000:]
