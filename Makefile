@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 # Large fresh buffers page-fault under glibc's default malloc; huge pages make
 # XLA's CPU element-wise work several times faster here (DESIGN.md).
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
-# Real data for the tests that need it (they skip when it is absent).
-export LNORM_DATA_DIR ?= $(abspath ../shared/data)
+# Real data for the tests that need it (they skip when it is absent; set only when it exists,
+# since a LNORM_DATA_DIR naming a missing directory fails them).
+export LNORM_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
 
 .PHONY: setup test demo lint format bench clean
 
