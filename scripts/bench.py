@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _parse_args(argv=None):
   p = cli.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--quick', action='store_true', help='smaller shapes and fewer repetitions')
-  p.add_argument('--sections', default='layer_norm,rnn,pmnist,allocator')
+  p.add_argument('--sections', default='layer_norm,rnn,skip_thoughts,pmnist,allocator')
   p.add_argument('--reps', type=int, default=None, help='repetitions per timing (median)')
   p.add_argument('--out', default=None, help='report path without suffix (default results/bench)')
   p.add_argument(
@@ -83,7 +83,10 @@ def _reexec_for_allocator(args) -> None:
     env['GLIBC_TUNABLES'] = want
   else:
     env.pop('GLIBC_TUNABLES', None)
-  os.execve(sys.executable, [sys.executable, *sys.argv], env)
+  # `python -m scripts.bench` runs again as a module, so the repository root stays importable.
+  spec = globals().get('__spec__')
+  argv = ['-m', spec.name] if spec is not None and spec.name else [sys.argv[0]]
+  os.execve(sys.executable, [sys.executable, *argv, *sys.argv[1:]], env)
 
 
 if __name__ == '__main__':
@@ -112,6 +115,8 @@ class Section:
   markdown: str
   records: list[dict[str, Any]] = field(default_factory=list)
   targets: list[dict[str, Any]] = field(default_factory=list)
+  #: The 1-minute load average when the section started and when it ended.
+  load: tuple[float, float] | None = None
 
 
 def _target(
@@ -176,6 +181,44 @@ def _layer_norm_fns(dtype):
   }
 
 
+def _torch_layer_norm_fns(x, s, b, dy):
+  """name -> (kind, callable of no arguments): ``torch.nn.functional.layer_norm``, eager.
+
+  Forward under ``torch.no_grad()``; forward+backward: the output and
+  ``torch.autograd.grad`` for x, the gains and the biases with a given ``dy``.
+  Float32 gains and biases for every input dtype (PyTorch's CPU kernel takes
+  bfloat16 input with float32 parameters), eps 1e-5.
+  """
+  import numpy as np
+  import torch
+
+  def to_torch(a, dtype):
+    return torch.from_numpy(np.asarray(a.astype(jnp.float32))).to(dtype)
+
+  tdt = torch.bfloat16 if x.dtype == jnp.bfloat16 else torch.float32
+  xt, dyt = to_torch(x, tdt), to_torch(dy, tdt)
+  st, bt = to_torch(s, torch.float32), to_torch(b, torch.float32)
+  shape = (x.shape[-1],)
+  ln = torch.nn.functional.layer_norm
+
+  def fwd():
+    with torch.no_grad():
+      return ln(xt, shape, st, bt, F.DEFAULT_EPS)
+
+  xg, sg, bg = (t.clone().requires_grad_(True) for t in (xt, st, bt))
+
+  def fwdbwd():
+    y = ln(xg, shape, sg, bg, F.DEFAULT_EPS)
+    return (y.detach(), *torch.autograd.grad(y, (xg, sg, bg), dyt))
+
+  try:
+    fwdbwd()
+  except RuntimeError:  # An older PyTorch without mixed-dtype layer norm: bfloat16 parameters.
+    st, bt = st.to(tdt), bt.to(tdt)
+    xg, sg, bg = (t.clone().requires_grad_(True) for t in (xt, st, bt))
+  return {'fwd torch': ('fwd', fwd), 'fwd+bwd torch': ('fwdbwd', fwdbwd)}
+
+
 def _bytes_moved(name: str, n: int, itemsize: int) -> int:
   if name.startswith('fwd+bwd'):
     return (3 if '(x,dy->dx)' in name else 4) * n * itemsize
@@ -183,7 +226,12 @@ def _bytes_moved(name: str, n: int, itemsize: int) -> int:
 
 
 def section_layer_norm(cfg: Config) -> Section:
-  shapes = [(4096, 512), (16384, 1024)] if cfg.quick else [(4096, 512), (65536, 1024)]
+  import torch
+
+  torch.set_num_threads(B.machine_info()['cores'])
+  big = (16384, 1024) if cfg.quick else (65536, 1024)
+  # The last: a transformer's activations (batch 64, 128 tokens, width 768).
+  shapes = [(4096, 512), big, (64, 128, 768)]
   dtypes = [jnp.float32, jnp.bfloat16]
   header = [
     'shape',
@@ -193,6 +241,7 @@ def section_layer_norm(cfg: Config) -> Section:
     'CPU ms',
     'vs flax',
     'vs same-bytes op',
+    'vs torch',
     'GB/s',
     'compile s',
     'XLA temp',
@@ -213,6 +262,8 @@ def section_layer_norm(cfg: Config) -> Section:
       for name, (kind, fn) in fns.items():
         args = (x, s, b) if kind == 'fwd' else (x, s, b, dy)
         compiled.append(B.compile_fn(name, fn, *args))
+      for name, (_, fn) in _torch_layer_norm_fns(x, s, b, dy).items():
+        compiled.append(B.eager(name, fn))
       for name, fn in (('ours', fns['fwd ours'][1]), ('flax', fns['fwd flax'][1])):
         residuals[f'fwd+bwd {name}'] = B.residual_bytes(fn, x, s, b)
       residuals['fwd+bwd autodiff'] = B.residual_bytes(
@@ -228,19 +279,21 @@ def section_layer_norm(cfg: Config) -> Section:
         flax_ref = med['fwd+bwd flax' if fwdbwd else 'fwd flax']
         ew_ref = med['fwd+bwd same-bytes op (x,dy->y,dx)' if fwdbwd else 'fwd same-bytes op']
         gbs = _bytes_moved(c.name, n, itemsize) / t.median / 1e9
+        is_torch = 'torch' in c.name
         rows.append(
           [
-            f'{shape[0]}x{shape[1]}',
+            'x'.join(map(str, shape)),
             jnp.dtype(dtype).name,
             c.name,
             B.fmt_ms(t.median),
             B.fmt_ms(t.cpu_median),
             B.ratio(t.median, flax_ref),
             B.ratio(t.median, ew_ref),
+            B.ratio(t.median, med['fwd+bwd torch' if fwdbwd else 'fwd torch']),
             f'{gbs:.1f}',
-            f'{c.compile_s:.2f}',
-            B.fmt_bytes(c.memory.get('temp', 0)),
-            B.fmt_bytes(c.memory.get('peak', 0)),
+            '' if is_torch else f'{c.compile_s:.2f}',
+            '' if is_torch else B.fmt_bytes(c.memory.get('temp', 0)),
+            '' if is_torch else B.fmt_bytes(c.memory.get('peak', 0)),
             B.fmt_bytes(residuals[c.name]) if c.name in residuals else '',
           ]
         )
@@ -255,6 +308,7 @@ def section_layer_norm(cfg: Config) -> Section:
             'wall_s': t.wall,
             'vs_flax': t.median / flax_ref,
             'vs_same_bytes_op': t.median / ew_ref,
+            'vs_torch': t.median / med['fwd+bwd torch' if fwdbwd else 'fwd torch'],
             'gb_per_s': gbs,
             'compile_s': c.compile_s,
             'memory': c.memory,
@@ -262,7 +316,7 @@ def section_layer_norm(cfg: Config) -> Section:
           }
         )
       if dtype == jnp.float32:
-        tag = f'{shape[0]}x{shape[1]} float32'
+        tag = f'{"x".join(map(str, shape))} float32'
         targets += [
           _target(
             f'LN fwd+bwd / flax fwd+bwd, {tag}',
@@ -276,6 +330,12 @@ def section_layer_norm(cfg: Config) -> Section:
             f'vs (x,dy->dx): {med["fwd+bwd ours"] / med["fwd+bwd same-bytes op (x,dy->dx)"]:.2f}x',
           ),
           _target(f'LN fwd / flax fwd, {tag}', med['fwd ours'] / med['fwd flax'], 1.0),
+          _target(
+            f'LN fwd+bwd / torch fwd+bwd, {tag}',
+            med['fwd+bwd ours'] / med['fwd+bwd torch'],
+            1.0,
+            f'fwd / torch fwd: {med["fwd ours"] / med["fwd torch"]:.2f}x',
+          ),
         ]
   md = '\n'.join(
     [
@@ -290,7 +350,12 @@ def section_layer_norm(cfg: Config) -> Section:
       'process CPU time (all threads), less sensitive to other load. "XLA temp" and',
       '"XLA peak" come from `compiled.memory_analysis()`; "saved for bwd" is the',
       "size of the residuals reverse mode keeps (the leaves of `jax.vjp`'s",
-      'pullback, the input x included).',
+      'pullback, the input x included). "torch": `torch.nn.functional.layer_norm`,',
+      'eager, with as many threads as cores (`torch.set_num_threads`), forward',
+      'under `no_grad`, forward+backward with `torch.autograd.grad` for x and the',
+      'float32 gains and biases; "vs torch" is against its forward or forward+backward.',
+      'The 3-D shape is a transformer-sized activation (batch 64, 128 tokens, width',
+      '768), normalized over the last axis.',
       '',
       B.markdown_table(header, rows),
     ]
@@ -302,32 +367,151 @@ def section_layer_norm(cfg: Config) -> Section:
 # Recurrent cells
 
 
-def _lstm_hoisted(hidden: int):
+def _lstm_hoisted(hidden: int, naive: bool = False):
   """LN-LSTM (``lnorm.recurrent.LSTMCell(norm='layer')`` parameters) with ``LN(W_x x_t) + b``
-  computed for all time steps in one matmul and one layer norm before the time loop."""
+  computed for all time steps in one matmul and one layer norm before the time loop.
+
+  ``naive``: ``x @ W_x`` in ``[batch, time, 4H]`` then swapped to time-major (a
+  transpose of the large array), and the scan reads step ``t`` as its ``xs``.
+  Otherwise ``x`` (the small side) is made time-major before the matmul, and
+  the loop carries the next step's slice: XLA fuses a scan's ``xs`` slice
+  into the element-wise gate fusions that read it, and those compile to
+  scalar code (no vector instructions in their LLVM IR) where the same
+  fusions reading a plain buffer are vectorized.
+  """
 
   def apply(variables, x):  # x: [batch, time, in]
     p = variables['params']['cell']
-    wx = F.layer_norm(x @ p['input_kernel'], p['ln_x']['scale'], p['ln_x']['bias']) + p['bias']
 
-    def step(carry, wx_t):
-      c, h = carry
-      wh = F.layer_norm(h @ p['recurrent_kernel'], p['ln_h']['scale'], p['ln_h']['bias'])
-      f, i, o, g = jnp.split(wh + wx_t, 4, axis=-1)
+    def ln(v, name):
+      return F.layer_norm(v, p[name]['scale'], p[name]['bias'])
+
+    if naive:
+      wx = jnp.swapaxes(ln(x @ p['input_kernel'], 'ln_x') + p['bias'], 0, 1)
+    else:
+      wx = ln(jnp.swapaxes(x, 0, 1) @ p['input_kernel'], 'ln_x') + p['bias']
+
+    def cell(c, h, wx_t):
+      f, i, o, g = jnp.split(ln(h @ p['recurrent_kernel'], 'ln_h') + wx_t, 4, axis=-1)
       c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-      h = jax.nn.sigmoid(o) * jnp.tanh(F.layer_norm(c, p['ln_c']['scale'], p['ln_c']['bias']))
-      return (c, h), h
+      return c, jax.nn.sigmoid(o) * jnp.tanh(ln(c, 'ln_c'))
 
     zeros = jnp.zeros((x.shape[0], hidden), x.dtype)
-    _, hs = jax.lax.scan(step, (zeros, zeros), jnp.swapaxes(wx, 0, 1))
+    if naive:
+
+      def step(carry, wx_t):
+        c, h = cell(*carry, wx_t)
+        return (c, h), h
+
+      _, hs = jax.lax.scan(step, (zeros, zeros), wx)
+    else:
+
+      def step(carry, t):
+        c, h = cell(*carry)
+        nxt = jax.lax.dynamic_index_in_dim(wx, jnp.minimum(t + 1, wx.shape[0] - 1), keepdims=False)
+        return (c, h, nxt), h
+
+      _, hs = jax.lax.scan(step, (zeros, zeros, wx[0]), jnp.arange(wx.shape[0]))
     return jnp.swapaxes(hs, 0, 1)
 
   return apply
 
 
+def _torch_rnn(kind: str, norm: str, n_in: int, hidden: int):
+  """A PyTorch peer of an RNN: a ``torch.nn.Module``, ``[batch, T, in]`` -> ``[batch, T, H]``.
+
+  Plain cells: ``torch.nn.LSTM`` / ``torch.nn.GRU`` (batch_first). Layer norm:
+  the paper's LN-LSTM (eqs. 20-22) or LN-GRU (eqs. 26-28) written by hand as
+  a PyTorch user would: the input projections and their layer norms for all
+  steps at once (one matmul), then a Python loop over the steps with
+  ``torch.nn.functional.layer_norm`` (eps 1e-5).
+  """
+  import torch
+
+  if norm == 'none':
+
+    class Plain(torch.nn.Module):
+      def __init__(self):
+        super().__init__()
+        cls = torch.nn.LSTM if kind == 'lstm' else torch.nn.GRU
+        self.rnn = cls(n_in, hidden, batch_first=True)
+
+      def forward(self, x):
+        return self.rnn(x)[0]
+
+    return Plain()
+  gates = 4 if kind == 'lstm' else 3
+  ln = torch.nn.functional.layer_norm
+
+  class LNRNN(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.w_x = torch.nn.Parameter(torch.randn(n_in, gates * hidden) * n_in**-0.5)
+      self.w_h = torch.nn.Parameter(torch.randn(hidden, gates * hidden) * hidden**-0.5)
+      if kind == 'lstm':  # The LN-GRU's layer-norm biases are its only biases.
+        self.bias = torch.nn.Parameter(torch.zeros(gates * hidden))
+      sizes = {'lstm': (4, 4, 1), 'gru': (2, 2, 1, 1)}[kind]
+      self.g = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(k * hidden)) for k in sizes])
+      self.b = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(k * hidden)) for k in sizes])
+
+    def norm(self, v, i):
+      return ln(v, (v.shape[-1],), self.g[i], self.b[i], 1e-5)
+
+    def forward(self, x):
+      batch, steps, _ = x.shape
+      wx = x @ self.w_x
+      h = x.new_zeros(batch, hidden)
+      outs = []
+      if kind == 'lstm':
+        wx = self.norm(wx, 1) + self.bias
+        c = x.new_zeros(batch, hidden)
+        for t in range(steps):
+          f, i, o, g = (self.norm(h @ self.w_h, 0) + wx[:, t]).chunk(4, -1)
+          c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+          h = torch.sigmoid(o) * torch.tanh(self.norm(c, 2))
+          outs.append(h)
+      else:
+        zr_x = self.norm(wx[..., : 2 * hidden], 1)
+        cand_x = self.norm(wx[..., 2 * hidden :], 2)
+        for t in range(steps):
+          wh = h @ self.w_h
+          z, r = (self.norm(wh[:, : 2 * hidden], 0) + zr_x[:, t]).chunk(2, -1)
+          cand = torch.tanh(cand_x[:, t] + torch.sigmoid(r) * self.norm(wh[:, 2 * hidden :], 3))
+          z = torch.sigmoid(z)
+          h = (1 - z) * h + z * cand
+          outs.append(h)
+      return torch.stack(outs, 1)
+
+  return LNRNN()
+
+
+def _torch_rnn_fns(module, x, dy):
+  """``(fwd, fwdbwd)`` callables of no arguments for a PyTorch RNN module (eager)."""
+  import numpy as np
+  import torch
+
+  xt = torch.from_numpy(np.asarray(x)).requires_grad_(True)
+  dyt = torch.from_numpy(np.asarray(dy))
+  params = list(module.parameters())
+
+  def fwd():
+    with torch.no_grad():
+      return module(xt)
+
+  def fwdbwd():
+    y = module(xt)
+    return (y.detach(), *torch.autograd.grad(y, [xt, *params], dyt))
+
+  return fwd, fwdbwd
+
+
 def section_rnn(cfg: Config) -> Section:
+  import torch
+
   from lnorm import recurrent as R
 
+  torch.set_num_threads(B.machine_info()['cores'])
+  torch.manual_seed(0)
   settings = [(32, 100, 128, 256)] if cfg.quick else [(32, 100, 128, 256), (64, 100, 256, 512)]
   header = [
     'batch, T, in, H',
@@ -356,16 +540,20 @@ def section_rnn(cfg: Config) -> Section:
     for name, (_, module) in models.items():
       params[name] = module.init(jax.random.key(2), x)
       applies[name] = module.apply
-    name_hoist = "ours LSTM norm='layer', input projection hoisted"
-    models[name_hoist] = ('lstm', None)
-    params[name_hoist] = params["ours LSTM norm='layer'"]
-    applies[name_hoist] = _lstm_hoisted(hidden)
-    # Rounding differences grow along the sequence; the first steps must agree closely.
-    check = jnp.abs(
-      applies[name_hoist](params[name_hoist], x[:, :10])
-      - applies["ours LSTM norm='layer'"](params[name_hoist], x[:, :10])
-    ).max()
-    assert float(check) < 1e-4, f'hoisted LN-LSTM differs from the cell by {float(check)}'
+    hoisted = {
+      "ours LSTM norm='layer', input projection hoisted": False,
+      "ours LSTM norm='layer', input projection hoisted (naive)": True,
+    }
+    for name_hoist, naive in hoisted.items():
+      models[name_hoist] = ('lstm', None)
+      params[name_hoist] = params["ours LSTM norm='layer'"]
+      applies[name_hoist] = _lstm_hoisted(hidden, naive)
+      # Rounding differences grow along the sequence; the first steps must agree closely.
+      check = jnp.abs(
+        applies[name_hoist](params[name_hoist], x[:, :10])
+        - applies["ours LSTM norm='layer'"](params[name_hoist], x[:, :10])
+      ).max()
+      assert float(check) < 1e-4, f'hoisted LN-LSTM differs from the cell by {float(check)}'
 
     compiled = []
     for name, apply in applies.items():
@@ -376,6 +564,16 @@ def section_rnn(cfg: Config) -> Section:
         return y, *pullback(dy)
 
       compiled.append(B.compile_fn(f'{name} | fwd+bwd', fwdbwd, params[name], x, dy))
+    torch_models = {
+      'torch nn.LSTM': ('lstm', 'none'),
+      'torch LN-LSTM (hand-written)': ('lstm', 'layer'),
+      'torch nn.GRU': ('gru', 'none'),
+      'torch LN-GRU (hand-written)': ('gru', 'layer'),
+    }
+    for name, (kind, norm) in torch_models.items():
+      models[name] = (kind, None)
+      fwd, fwdbwd = _torch_rnn_fns(_torch_rnn(kind, norm, n_in, hidden), x, dy)
+      compiled += [B.eager(f'{name} | fwd', fwd), B.eager(f'{name} | fwd+bwd', fwdbwd)]
     timings = B.time_interleaved(compiled, reps=cfg.reps, min_seconds=0 if cfg.quick else 3)
     by = {c.name: c for c in compiled}
     med = {k: t.median for k, t in timings.items()}
@@ -384,6 +582,7 @@ def section_rnn(cfg: Config) -> Section:
       f, fb = med[f'{name} | fwd'], med[f'{name} | fwd+bwd']
       ff, ffb = med[f'{flax_name} | fwd'], med[f'{flax_name} | fwd+bwd']
       c = by[f'{name} | fwd+bwd']
+      is_torch = name.startswith('torch')
       rows.append(
         [
           f'{batch}, {steps}, {n_in}, {hidden}',
@@ -393,8 +592,8 @@ def section_rnn(cfg: Config) -> Section:
           B.fmt_ms(fb),
           B.ratio(fb, ffb),
           B.fmt_ms(timings[f'{name} | fwd+bwd'].cpu_median),
-          f'{c.compile_s:.2f}',
-          B.fmt_bytes(c.memory.get('temp', 0)),
+          '' if is_torch else f'{c.compile_s:.2f}',
+          '' if is_torch else B.fmt_bytes(c.memory.get('temp', 0)),
         ]
       )
       records.append(
@@ -407,18 +606,30 @@ def section_rnn(cfg: Config) -> Section:
           'fwd_vs_flax': f / ff,
           'fwdbwd_vs_flax': fb / ffb,
           'fwdbwd_cpu_median_s': timings[f'{name} | fwd+bwd'].cpu_median,
-          'compile_s': c.compile_s,
-          'memory': c.memory,
+          'compile_s': None if is_torch else c.compile_s,
+          'memory': None if is_torch else c.memory,
         }
       )
-    targets.append(
+    size = f'{batch}x{steps}x{n_in}x{hidden}'
+    hoist = "ours LSTM norm='layer', input projection hoisted"
+    lstm, gru = med["ours LSTM norm='layer' | fwd+bwd"], med["ours GRU norm='layer' | fwd+bwd"]
+    flax_lstm, flax_gru = med['flax OptimizedLSTMCell | fwd+bwd'], med['flax GRUCell | fwd+bwd']
+    targets += [
       _target(
-        f'LN-LSTM fwd+bwd / flax OptimizedLSTMCell fwd+bwd, {batch}x{steps}x{n_in}x{hidden}',
-        med["ours LSTM norm='layer' | fwd+bwd"] / med['flax OptimizedLSTMCell | fwd+bwd'],
+        f'LN-LSTM fwd+bwd / flax OptimizedLSTMCell fwd+bwd, {size}',
+        lstm / flax_lstm,
         1.10,
-        f'hoisted: {med[name_hoist + " | fwd+bwd"] / med["flax OptimizedLSTMCell | fwd+bwd"]:.2f}x',
-      )
-    )
+        f'hoisted: {med[hoist + " | fwd+bwd"] / flax_lstm:.2f}x, naive hoisted: '
+        f'{med[hoist + " (naive) | fwd+bwd"] / flax_lstm:.2f}x; vs torch LN-LSTM: '
+        f'{lstm / med["torch LN-LSTM (hand-written) | fwd+bwd"]:.2f}x',
+      ),
+      _target(
+        f'LN-GRU fwd+bwd / flax GRUCell fwd+bwd, {size}',
+        gru / flax_gru,
+        1.10,
+        f'vs torch LN-GRU: {gru / med["torch LN-GRU (hand-written) | fwd+bwd"]:.2f}x',
+      ),
+    ]
   md = '\n'.join(
     [
       'Each model is `nn.RNN(cell)` over `x: [batch, T, in]` (float32), forward and',
@@ -426,12 +637,295 @@ def section_rnn(cfg: Config) -> Section:
       "in one jitted function. Ratios are against Flax's cell of the same kind",
       '(no normalization). The hoisted LN-LSTM is the same model written with',
       '`LN(W_x x_t) + b` for all steps computed before the `lax.scan` (checked equal',
-      'to the cell to 1e-4 over the first 10 steps).',
+      'to the cell to 1e-4 over the first 10 steps): "naive" as first written (the',
+      'projection made in `[batch, T, 4H]` and transposed, the scan slicing it),',
+      "the other with `x` made time-major before the matmul and the next step's",
+      'slice carried through the loop (see `_lstm_hoisted` in `scripts/bench.py`).',
+      'PyTorch peers (eager, as many threads as cores): `torch.nn.LSTM`/`nn.GRU` for',
+      "the plain cells; the paper's LN-LSTM / LN-GRU written by hand, with the input",
+      'projection and its layer norm for all steps at once and a Python loop over',
+      'the steps.',
       '',
       B.markdown_table(header, rows),
     ]
   )
   return Section('Recurrent cells', md, records, targets)
+
+
+# ----------------------------------------------------------------------------
+# Skip-thoughts training step
+
+
+def _skip_thoughts_config(norm: str):
+  from configs.skip_thoughts import get_config
+
+  return get_config(f'size=cpu,norm={norm}')
+
+
+def _skip_thoughts_batches(config, vocab: int, steps: int, seed: int = 0):
+  """``steps`` random batches of triples: ids ``int32[steps, batch, T]``, lengths.
+
+  Lengths uniform in 5..T (each sentence ends with ``<eos>``, then padding);
+  the step's cost does not depend on them (one static shape, masked).
+  """
+  import numpy as np
+
+  from lnorm.lab import text
+
+  rng = np.random.default_rng(seed)
+  shape, length = (steps, config.batch_size), config.max_length
+  out = {}
+  for name in ('prev', 'cur', 'next'):
+    lengths = rng.integers(5, length + 1, shape).astype(np.int32)
+    ids = rng.integers(len(text.RESERVED), vocab, (*shape, length)).astype(np.int32)
+    pos = np.arange(length)
+    ids[pos >= lengths[..., None]] = text.PAD_ID
+    ids[pos == lengths[..., None] - 1] = text.EOS_ID
+    out[name], out[f'{name}_len'] = ids, lengths
+  return out
+
+
+def _skip_thoughts_flops(config, vocab: int) -> int:
+  """Forward matmul FLOPs of one triple (every padded position counted; 2 per multiply-add).
+
+  Encoder GRU ``T * 2 * 3H * (D + H)``; each decoder GRU ``T * 2 * 3H * (D + H + H)``
+  with every-step conditioning (its input is ``[y_t; h_i]``; ``D + H`` with
+  ``initial_state``); the output layer ``2 * T * 2 * H * V``. A training step
+  is counted as 3 forwards (the backward's two matmuls per forward one).
+  """
+  d, h, t = config.embed_dim, config.hidden_dim, config.max_length
+  dec_in = d + h if config.decoder_conditioning == 'every_step' else d
+  enc = t * 2 * 3 * h * (d + h)
+  dec = 2 * t * 2 * 3 * h * (dec_in + h)
+  out = 2 * t * 2 * h * vocab
+  return enc + dec + out
+
+
+def _skip_thoughts_ours(norm: str, steps_per_call: int):
+  """(run, num_params, config, vocab): one call of the experiment's real chunked training step."""
+  import numpy as np
+
+  from experiments import skip_thoughts as st
+  from lnorm.lab import models, optimizers, runner, sharding, text
+
+  config = _skip_thoughts_config(norm)
+  vocab = config.vocab_size + len(text.RESERVED)
+  module = st.make_model(config, vocab)
+  model = models.linen(module, st.sample_batch(config.max_length))
+  tx, schedule = optimizers.make_optimizer(config, 10**6)
+  mesh = sharding.make_mesh()
+  params, model_state = model.init(jax.random.key(0))
+  state = runner.TrainState(jax.numpy.int32(0), params, model_state, tx.init(params))
+  holder = {'state': sharding.replicate(state, mesh)}
+  chunk = runner.make_train_chunk(
+    runner.make_train_step(st.make_loss_fn(module), tx, schedule), mesh
+  )
+  batches = _skip_thoughts_batches(config, vocab, steps_per_call)
+  batches = sharding.shard_batch(batches, mesh, batch_axis=1)
+  key = sharding.replicate(jax.random.key(0), mesh)
+
+  def run():
+    holder['state'], metrics, finite = chunk(holder['state'], batches, key)
+    jax.tree.map(np.asarray, metrics)
+    bool(finite)
+
+  num_params = sum(x.size for x in jax.tree.leaves(holder['state'].params))
+  return run, num_params, config, vocab
+
+
+def _skip_thoughts_torch(norm: str, config, vocab: int, threads: int):
+  """One call = one step of a plain PyTorch loop on the same model, loss and optimizer.
+
+  Embedding ``U[-0.1, 0.1]``, encoder and two every-step-conditioned decoders
+  (``torch.nn.GRU``, or the hand-written LN-GRU of ``_torch_rnn``), the
+  sentence vector the encoder's output at each sentence's last word, a full
+  softmax output layer, the masked per-token NLL of both neighbours, Adam
+  (lr 1e-3) after clipping the gradient's global norm at 5.
+  """
+  import torch
+
+  torch.manual_seed(0)
+  d, h, t = config.embed_dim, config.hidden_dim, config.max_length
+  dec_in = d + h if config.decoder_conditioning == 'every_step' else d
+
+  class Model(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.embed = torch.nn.Embedding(vocab, d)
+      torch.nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+      self.encoder = _torch_rnn('gru', norm, d, h)
+      self.decoders = torch.nn.ModuleList([_torch_rnn('gru', norm, dec_in, h) for _ in range(2)])
+      self.output = torch.nn.Linear(h, vocab)
+
+    def forward(self, b):
+      states = self.encoder(self.embed(b['cur']))
+      vectors = states[torch.arange(states.shape[0]), b['cur_len'] - 1]
+      total, count = 0.0, 0
+      for decoder, which in zip(self.decoders, ('prev', 'next'), strict=True):
+        target = b[which]
+        y = self.embed(target)
+        y = torch.cat([torch.zeros_like(y[:, :1]), y[:, :-1]], 1)
+        if config.decoder_conditioning == 'every_step':
+          y = torch.cat([y, vectors[:, None].expand(-1, t, -1)], -1)
+        logits = self.output(decoder(y))
+        nll = torch.nn.functional.cross_entropy(
+          logits.reshape(-1, vocab), target.reshape(-1), reduction='none'
+        ).reshape(target.shape)
+        mask = torch.arange(t)[None] < b[f'{which}_len'][:, None]
+        total = total + (nll * mask).sum()
+        count = count + mask.sum()
+      return total / count
+
+  model = Model().train()
+  opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-8)
+  steps_per_call = 4
+  batches = _skip_thoughts_batches(config, vocab, steps_per_call, seed=1)
+  batches = [
+    {k: torch.from_numpy(v[i]).long() for k, v in batches.items()} for i in range(steps_per_call)
+  ]
+  step = [0]
+
+  def run():
+    torch.set_num_threads(threads)
+    i = step[0] = (step[0] + 1) % steps_per_call
+    opt.zero_grad(set_to_none=True)
+    loss = model(batches[i])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+    opt.step()
+
+  return run
+
+
+def section_skip_thoughts(cfg: Config) -> Section:
+  import torch
+
+  cores = B.machine_info()['cores']
+  rates = _machine_rates(cfg)
+  matmul = rates['matmul']
+  norms = ('none', 'layer')
+  spc = _skip_thoughts_config('layer').steps_per_call
+  runners, compile_s, steps, info = {}, {}, {}, {}
+  for norm in norms:
+    t0 = time.perf_counter()
+    run, num_params, config, vocab = _skip_thoughts_ours(norm, spc)
+    run()
+    compile_s[f'ours {norm}'] = time.perf_counter() - t0
+    runners[f'ours {norm}'], steps[f'ours {norm}'] = run, spc
+    info[norm] = (num_params, config, vocab)
+    runners[f'torch eager {norm}'] = _skip_thoughts_torch(norm, config, vocab, cores)
+  reps = 3 if cfg.quick else max(5, cfg.reps // 2 + 1)
+  timings = B.time_stateful(runners, reps=reps, target_s=0.5)
+  torch.set_num_threads(cores)
+  batch = info['layer'][1].batch_size
+  ex = {k: batch * steps.get(k, 1) / t.median for k, t in timings.items()}
+  rows, records, targets = [], [], []
+  flops_note = {}
+  for norm in norms:
+    num_params, config, vocab = info[norm]
+    flops_per_ex = 3 * _skip_thoughts_flops(config, vocab)
+    for impl in ('ours', 'torch eager'):
+      name = f'{impl} {norm}'
+      t = timings[name]
+      s_step = t.median / steps.get(name, 1)
+      frac = flops_per_ex * ex[name] / matmul
+      flops_note[name] = frac
+      rows.append(
+        [
+          norm,
+          impl,
+          f'{ex[name]:,.1f}',
+          f'{s_step * 1e3:.0f}',
+          f'{t.cpu_median / steps.get(name, 1) * 1e3:.0f}',
+          B.ratio(ex[f'ours {norm}'], ex[name]),
+          f'{frac:.0%}',
+          f'{compile_s[name]:.1f}' if name in compile_s else '',
+        ]
+      )
+      records.append(
+        {
+          'section': 'skip_thoughts',
+          'norm': norm,
+          'impl': impl,
+          'batch': batch,
+          'steps_per_call': steps.get(name, 1),
+          'examples_per_s': ex[name],
+          'step_s': s_step,
+          'cpu_step_s': t.cpu_median / steps.get(name, 1),
+          'wall_s': t.wall,
+          'num_params': num_params,
+          'train_flops_per_example': flops_per_ex,
+          'model_flops_per_s': flops_per_ex * ex[name],
+          'matmul_flops_per_s': matmul,
+          'compile_s': compile_s.get(name),
+        }
+      )
+    targets.append(
+      _target(
+        f'skip-thoughts ours / torch eager, size=cpu, norm={norm}',
+        ex[f'ours {norm}'] / ex[f'torch eager {norm}'],
+        1.5,
+        f'{ex[f"ours {norm}"]:.1f} vs {ex[f"torch eager {norm}"]:.1f} triples/s',
+        True,
+      )
+    )
+  targets.append(
+    _target(
+      'skip-thoughts model FLOP/s / matmul FLOP/s, size=cpu, norm=layer',
+      flops_note['ours layer'],
+      0.6,
+      f'{flops_note["ours layer"] * matmul / 1e9:.1f} of {matmul / 1e9:.1f} GFLOP/s; '
+      f'norm=none: {flops_note["ours none"]:.0%}',
+      True,
+    )
+  )
+  targets.append(
+    _target(
+      'skip-thoughts step, LN / plain, size=cpu',
+      ex['ours none'] / ex['ours layer'],
+      1.10,
+    )
+  )
+  records.append({'section': 'skip_thoughts_machine', **rates})
+  config = info['layer'][1]
+  header = [
+    'norm',
+    'implementation',
+    'triples/s',
+    'ms/step',
+    'CPU ms/step',
+    'ours / this',
+    'FLOP/s vs matmul',
+    'compile s',
+  ]
+  fpe = _skip_thoughts_flops(config, info['layer'][2])
+  md = '\n'.join(
+    [
+      'Training throughput of skip-thoughts at `size=cpu` (paper §6.3;',
+      f'`configs/skip_thoughts.py:size=cpu`: embeddings {config.embed_dim}, GRUs',
+      f'{config.hidden_dim}, {info["layer"][2]:,} ids, batch {batch} triples, sentences of',
+      f'{config.max_length} ids, every-step conditioned decoders, Adam with clipping at',
+      f'{config.grad_clip_norm:g}; P = {info["layer"][0]:,} parameters with layer norm).',
+      "**ours**: the experiment's real step (`experiments.skip_thoughts.make_loss_fn` ->",
+      '`lnorm.lab.runner.make_train_step` -> `make_train_chunk`, state donated,',
+      f'{spc} steps per jitted call as the config) on random triples already on the',
+      'device. **torch eager**: the same model in PyTorch (`nn.GRU` for `none`; the',
+      "paper's LN-GRU written by hand for `layer`, its input projections and their",
+      'layer norms over all steps at once), `torch.optim.Adam` after',
+      f'`clip_grad_norm_`, `torch.set_num_threads({cores})`. Medians of {reps}',
+      'interleaved repetitions after warm-up.',
+      '',
+      f'"FLOP/s vs matmul" counts {3 * fpe / 1e9:.2f} GFLOP per triple: 3x the forward',
+      "matmuls over all 30 positions (encoder, both decoders' GRUs, the",
+      f'{info["layer"][2]:,}-way output layer twice), against the f32 matmul rate',
+      f'measured in the same process ({matmul / 1e9:.1f} GFLOP/s, 2048^3). Layer',
+      "norm's own arithmetic, the softmax, the embeddings and Adam are counted as",
+      'free.',
+      '',
+      B.markdown_table(header, rows),
+    ]
+  )
+  return Section('Skip-thoughts training step', md, records, targets)
 
 
 # ----------------------------------------------------------------------------
@@ -580,17 +1074,12 @@ def _pmnist_torch(norm: str, batch: int, threads: int, compile_model: bool):
   return run
 
 
-def section_pmnist(cfg: Config) -> Section:
-  import torch
+def _machine_rates(cfg: Config) -> dict[str, Any]:
+  """The machine's f32 matmul rate (FLOP/s) and memory bandwidth (B/s), measured now.
 
-  cores = B.machine_info()['cores']
-  torch.set_num_threads(cores)
-  norms = ('none', 'layer') if cfg.quick else ('none', 'layer', 'batch')
-  # Steps per call: the experiment's default at batch 128, 100 at batch 4.
-  settings = ((128, _pmnist_config('layer', 128).steps_per_call), (4, 100))
-  target_s = 0.25 if cfg.quick else 0.6
-
-  # The machine's rates, in the same process.
+  ``matmul``: 2048x2048 @ 2048x2048; ``copy``: ``x + 1`` over 2^25 floats (2
+  arrays moved); ``axpy``: ``1.5 x + y`` (3 arrays).
+  """
   n = 2**25
   a = jax.random.normal(jax.random.key(0), (2048, 2048))
   x = jax.random.normal(jax.random.key(1), (n,))
@@ -601,9 +1090,26 @@ def section_pmnist(cfg: Config) -> Section:
     B.compile_fn('axpy 1.5x+y', lambda x, y: 1.5 * x + y, x, y),
   ]
   pt = B.time_interleaved(probes, reps=cfg.reps, min_seconds=0 if cfg.quick else 2)
-  matmul_flops = 2 * 2048**3 / pt['matmul 2048^3'].median
-  bw_copy = 2 * n * 4 / pt['copy x+1'].median
-  bw_axpy = 3 * n * 4 / pt['axpy 1.5x+y'].median
+  return {
+    'matmul': 2 * 2048**3 / pt['matmul 2048^3'].median,
+    'copy': 2 * n * 4 / pt['copy x+1'].median,
+    'axpy': 3 * n * 4 / pt['axpy 1.5x+y'].median,
+    'probe_median_s': {k: t.median for k, t in pt.items()},
+  }
+
+
+def section_pmnist(cfg: Config) -> Section:
+  import torch
+
+  cores = B.machine_info()['cores']
+  torch.set_num_threads(cores)
+  norms = ('none', 'layer') if cfg.quick else ('none', 'layer', 'batch')
+  # Steps per call: the experiment's default at batch 128, 100 at batch 4.
+  settings = ((128, _pmnist_config('layer', 128).steps_per_call), (4, 100))
+  target_s = 0.25 if cfg.quick else 0.6
+
+  rates = _machine_rates(cfg)
+  matmul_flops, bw_copy, bw_axpy = rates['matmul'], rates['copy'], rates['axpy']
   bandwidth = max(bw_copy, bw_axpy)
 
   rows, records, targets = [], [], []
@@ -707,7 +1213,7 @@ def section_pmnist(cfg: Config) -> Section:
       'matmul_flops_per_s': matmul_flops,
       'copy_bytes_per_s': bw_copy,
       'axpy_bytes_per_s': bw_axpy,
-      'probe_median_s': {k: t.median for k, t in pt.items()},
+      'probe_median_s': rates['probe_median_s'],
     }
   )
   p = num_params['layer']
@@ -763,6 +1269,7 @@ def section_pmnist(cfg: Config) -> Section:
 SECTIONS = {
   'layer_norm': section_layer_norm,
   'rnn': section_rnn,
+  'skip_thoughts': section_skip_thoughts,
   'pmnist': section_pmnist,
   'allocator': section_allocator,
   'alloc_probe': section_alloc_probe,
@@ -792,23 +1299,30 @@ def _report(info, sections: list[Section], cfg: Config) -> str:
     lines += ['## Targets', '']
     lines.append(
       B.markdown_table(
-        ['target', 'measured', 'limit', 'met', 'note'],
+        ['target', 'measured', 'limit', 'met', 'load', 'note'],
         [
           [
             t['target'],
             f'{t["value"]:.2f}x',
             f'{"≥" if t.get("op") == ">=" else "≤"} {t["limit"]}x',
             'yes' if t['met'] else 'NO',
+            '{:.1f}-{:.1f}'.format(*t['load_1min']) if t.get('load_1min') else '',
             t['note'],
           ]
           for t in targets
         ],
       )
     )
+    lines += [
+      '',
+      '"load": the 1-minute load average when the section that measured the target',
+      f'started and when it ended, on {info["cores"]} cores (other jobs share this machine).',
+    ]
     lines.append('')
   for s in sections:
     if s.markdown:
-      lines += [f'## {s.title}', '', s.markdown, '']
+      load = f'1-minute load average {s.load[0]:.2f} at the start, {s.load[1]:.2f} at the end.'
+      lines += [f'## {s.title}', '', load if s.load else '', '', s.markdown, '']
   return '\n'.join(lines)
 
 
@@ -825,7 +1339,12 @@ def main(args) -> None:
   sections = []
   for name in cfg.sections:
     print(f'[bench] {name} ...', file=sys.stderr, flush=True)
-    sections.append(SECTIONS[name](cfg))
+    load_start = os.getloadavg()[0]
+    section = SECTIONS[name](cfg)
+    section.load = (load_start, os.getloadavg()[0])
+    for t in section.targets:
+      t['load_1min'] = [round(v, 2) for v in section.load]
+    sections.append(section)
   info['load_average_end'] = [round(v, 2) for v in os.getloadavg()]
   report = _report(info, sections, cfg)
   out = Path(args.out) if args.out else REPO / 'results' / ('bench-quick' if cfg.quick else 'bench')

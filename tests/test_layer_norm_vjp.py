@@ -187,13 +187,14 @@ def test_jit_and_vmap_compose():
   _assert_close(got, want, 2e-5, 2e-5)
 
 
-def test_residuals_are_the_input_and_two_numbers_per_case(capsys):
+def test_residuals_are_the_input_and_three_numbers_per_case(capsys):
   x = jnp.ones((64, 32), jnp.bfloat16)
   print_saved_residuals(F.layer_norm, x, jnp.ones(32), jnp.zeros(32))
   lines = capsys.readouterr().out.strip().splitlines()
   shapes = sorted(line.split(' ')[0] for line in lines)
-  # x in its own dtype, the gain (its gradient path), mean and rstd per case.
-  assert shapes == sorted(['bf16[64,32]', 'f32[1,32]', 'f32[64,1]', 'f32[64,1]']), lines
+  # x in its own dtype, the gain (its gradient path), and per case the pivot, mean and rstd.
+  want = ['bf16[64,32]', 'f32[1,32]', 'f32[64,1]', 'f32[64,1]', 'f32[64,1]']
+  assert shapes == sorted(want), lines
 
 
 def test_a_missing_term_would_be_caught(monkeypatch):
@@ -202,7 +203,7 @@ def test_a_missing_term_would_be_caught(monkeypatch):
   want = _vjp(F.layer_norm_reference, x, g, b, dy, (1,))
   _assert_close(_vjp(F.layer_norm, x, g, b, dy, (1,)), want, 2e-5, 2e-5)
 
-  def tangent_without_term(axes, mode, x, scale, mean, rstd, x_dot, scale_dot, bias_dot):
+  def tangent_without_term(axes, mode, x, scale, pivot, mean, rstd, x_dot, scale_dot, bias_dot):
     xhat = (x - jnp.mean(x, axis=axes, keepdims=True)) * rstd
     xd = x_dot - jnp.mean(x_dot, axis=axes, keepdims=True)
     y_dot = scale * rstd * xd + scale_dot * xhat + bias_dot

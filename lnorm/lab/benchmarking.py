@@ -59,6 +59,15 @@ def compile_fn(name: str, fn: Callable, *args, donate_argnums=()) -> Compiled:
   return Compiled(name, compiled, args, compile_s, memory)
 
 
+def eager(name: str, fn: Callable, *args) -> Compiled:
+  """A function run as is (e.g. PyTorch eager), timed like a compiled one.
+
+  ``fn(*args)`` must return once its work is done (PyTorch on CPU is
+  synchronous); ``compile_s`` is 0 and ``memory`` empty.
+  """
+  return Compiled(name, fn, args, 0.0)
+
+
 def residual_bytes(fn: Callable, *args) -> int:
   """Bytes that reverse mode keeps from ``fn``'s forward pass for its backward pass.
 
