@@ -2,7 +2,7 @@
 
 Run book::
 
-    python -m scripts.bench            # full run, ~5-10 min on 2 cores: results/bench.{md,json}
+    python -m scripts.bench            # full run, ~12 min on 2 idle cores: results/bench.{md,json}
     python -m scripts.bench --quick    # ~1-2 min, smaller shapes: results/bench-quick.{md,json}
     python -m scripts.bench --sections=layer_norm --reps=21
 
@@ -15,13 +15,21 @@ Sections (``--sections``, comma-separated; add one by writing a function
 
 * ``layer_norm``: ``lnorm.layer_norm`` forward and forward+backward (output
   and gradients for x, scale and bias) against ``flax.linen.LayerNorm``
-  (epsilon matched), autodiff of our own formula, and element-wise ops that
-  move the same bytes; achieved GB/s, compile time, XLA's memory analysis and
-  the bytes reverse mode keeps for the backward pass.
+  (epsilon matched), PyTorch's ``F.layer_norm`` (eager), autodiff of our own
+  formula, and element-wise ops that move the same bytes, at 4096x512, a
+  large 2-D shape and a transformer-sized 64x128x768; achieved GB/s, compile
+  time, XLA's memory analysis and the bytes reverse mode keeps for the
+  backward pass.
 * ``rnn``: LN-LSTM / LN-GRU (``lnorm.recurrent``) and their ``norm='none'``
-  twins against Flax's ``OptimizedLSTMCell`` / ``GRUCell`` in ``nn.RNN``,
-  forward and forward+backward; plus LN-LSTM with the input projection and
-  its layer norm hoisted out of the time loop.
+  twins against Flax's ``OptimizedLSTMCell`` / ``GRUCell`` in ``nn.RNN`` and
+  PyTorch (``nn.LSTM``/``nn.GRU``, and the LN cells written by hand), forward
+  and forward+backward; plus LN-LSTM with the input projection and its layer
+  norm hoisted out of the time loop (as first written, and with the slice
+  carried through the loop).
+* ``skip_thoughts``: examples/s of the experiment's real jitted training step
+  at ``size=cpu`` (norm none and layer), the model's matmul FLOP/s as a
+  fraction of the f32 matmul rate measured in the same process, and the same
+  model, loss and optimizer in PyTorch.
 * ``pmnist``: training throughput (examples/s) of the pMNIST MLP at batch 128
   and 4 (norm none, layer, batch): the experiment's real chunked, donated
   training step against the same model and Adam in PyTorch (eager with as many
