@@ -71,6 +71,8 @@ from lnorm.lab.data import senteval as senteval_data
 from lnorm.recurrent import GRU_NORMS, GRUCell
 
 CONDITIONINGS = ('every_step', 'initial_state')
+#: Sentence vectors a checkpoint can give SentEval (:func:`evaluate_checkpoint`).
+ENCODERS = ('gru', 'embeddings')
 VOCAB_FILE = 'vocab.json'
 CORPUS_FILE = 'corpus.npz'
 #: Fields that change neither the data order nor the updates (beyond the trainer's own).
@@ -339,6 +341,28 @@ def make_encoder(
   return encode
 
 
+def make_embedding_bag_encoder(
+  params: Any, vocab: text_lib.Vocabulary, max_length: int = 30
+) -> senteval.Encoder:
+  """``encode(list[str]) -> float32[N, D_e]``: the mean of the model's word embeddings.
+
+  The same tokens as :func:`make_encoder` (cut to ``max_length - 1`` words, unknown
+  words as ``<unk>``), without ``<eos>``; the empty sentence maps to zeros. An ablation:
+  what the encoder GRU adds over the word embeddings it was trained with.
+  """
+  table = np.asarray(params['embed']['embedding'], np.float32)
+
+  def encode(sentences: list[str]) -> np.ndarray:
+    out = np.zeros((len(sentences), table.shape[1]), np.float32)
+    for i, s in enumerate(sentences):
+      ids = vocab.encode(text_lib.tokenize(s), add_eos=False, max_length=max_length - 1)
+      if len(ids):
+        out[i] = table[ids].mean(axis=0)
+    return out
+
+  return encode
+
+
 def parse_tasks(tasks: str | Sequence[str]) -> tuple[str, ...]:
   """``'MR,SICK'`` -> ``('MR', 'SICK')``; '' -> ``()``; unknown names raise a ValueError."""
   names = tasks.split(',') if isinstance(tasks, str) else list(tasks)
@@ -356,13 +380,14 @@ def senteval_results(
   inner_folds: int = 5,
   max_examples: int = 0,
   seed: int = 0,
+  standardize: bool = True,
 ) -> dict:
   """:func:`lnorm.lab.senteval.evaluate_task` for each task: ``{task: result}``."""
   results = {}
   for task in tasks:
     results[task] = senteval.evaluate_task(
       encode, data_dir, task, n_folds=folds, inner_folds=inner_folds, seed=seed,
-      batch_size=8192, max_examples=max_examples or None,
+      batch_size=8192, max_examples=max_examples or None, standardize=standardize,
     )  # fmt: skip
     logging.info('SentEval %s: %.1fs', task, results[task]['seconds'])
   return results
@@ -485,23 +510,54 @@ def evaluate_checkpoint(
   folds: int = 10,
   inner_folds: int = 5,
   max_examples: int = 0,
+  standardize: bool = True,
+  encoder: str = 'gru',
 ) -> dict:
-  """SentEval on checkpoint ``step`` of ``workdir``; also written to ``senteval-<step>.json``.
+  """SentEval on checkpoint ``step`` of ``workdir``, written to :func:`senteval_file`.
+
+  Args:
+    workdir, step: the run and its checkpoint (``None``: the latest).
+    senteval_dir: the SentEval data (default: the run's, else found by name).
+    tasks, folds, inner_folds, max_examples: the protocol (default: the full one).
+    standardize: standardize the classifiers' features (this project's default) or fit
+      the raw vectors (as SentEval does).
+    encoder: ``'gru'`` (the sentence vectors) or ``'embeddings'`` (the mean of the
+      model's own word embeddings: what the GRU adds over them, an ablation).
 
   Returns:
-    ``{'step', 'tasks', 'results' ({task: result}), 'metrics' (flat)}``.
+    ``{'step', 'tasks', 'protocol', 'results' ({task: result}), 'metrics' (flat)}``.
   """
+  config_args.check_choice('encoder', encoder, ENCODERS)
   config, model, params, vocab, step = load_checkpoint(workdir, step)
   senteval_dir = workdir_lib.find_data_dir('senteval', senteval_dir or config.get('senteval_dir'))
   if not senteval_dir:
     raise ValueError('no SentEval directory: pass senteval_dir (e.g. ../shared/data/senteval).')
-  encode = make_encoder(model, params, vocab, config.max_length)
+  if encoder == 'gru':
+    encode = make_encoder(model, params, vocab, config.max_length)
+  else:
+    encode = make_embedding_bag_encoder(params, vocab, config.max_length)
   tasks = parse_tasks(tasks)
-  results = senteval_results(encode, senteval_dir, tasks, folds, inner_folds, max_examples)
-  protocol = {'folds': folds, 'inner_folds': inner_folds, 'max_examples': max_examples}
+  results = senteval_results(
+    encode, senteval_dir, tasks, folds, inner_folds, max_examples, standardize=standardize
+  )
+  protocol = {
+    'folds': folds,
+    'inner_folds': inner_folds,
+    'max_examples': max_examples,
+    'standardize': standardize,
+    'encoder': encoder,
+  }
   metrics = senteval.flat_metrics(results)
   out = {'step': step, 'tasks': list(tasks), 'protocol': protocol, 'results': results}
   out['metrics'] = metrics
-  path = pathlib.Path(workdir) / f'senteval-{step}.json'
+  path = senteval_file(workdir, step, standardize, encoder)
   path.write_text(json.dumps(out, indent=1, default=float) + '\n')
   return out
+
+
+def senteval_file(
+  workdir: str | os.PathLike, step: int, standardize: bool = True, encoder: str = 'gru'
+) -> pathlib.Path:
+  """Where :func:`evaluate_checkpoint` writes: ``senteval-<step>[-raw][-embeddings].json``."""
+  suffix = ('' if standardize else '-raw') + ('' if encoder == 'gru' else f'-{encoder}')
+  return pathlib.Path(workdir) / f'senteval-{step}{suffix}.json'

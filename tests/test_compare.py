@@ -180,6 +180,23 @@ def test_plot_writes_png(runs_dir, tmp_path):
     compare.plot(groups, ['test/nll'], 'time', tmp_path / 'x.png')
 
 
+def test_plot_grid_columns_lays_metrics_out_in_a_grid(runs_dir, tmp_path):
+  import struct
+
+  _, groups, _ = load(runs_dir)
+  groups = [g for g in groups if g.panel == groups[0].panel]  # one panel value
+  metrics = ['test/nll', 'test/error', 'test/nll']
+
+  def size(path):  # PNG width and height, from the IHDR chunk.
+    return struct.unpack('>II', path.read_bytes()[16:24])
+
+  column = compare.plot(groups, metrics, 'epoch', tmp_path / 'column.png')
+  grid = compare.plot(groups, metrics, 'epoch', tmp_path / 'grid.png', grid_columns=2)
+  (cw, ch), (gw, gh) = size(column), size(grid)
+  assert ch > 2 * cw  # 3 x 1
+  assert gw > gh and abs(gw - 2 * cw) <= 2 and abs(gh - ch * 2 / 3) <= 2  # 2 x 2, one hidden
+
+
 def test_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
     compare.load_runs([tmp_path / 'nope'])

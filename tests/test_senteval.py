@@ -5,6 +5,7 @@ import pytest
 import scipy.optimize
 
 from lnorm.lab import senteval
+from lnorm.lab import text as text_lib
 
 QUICK = {'n_folds': 3, 'inner_folds': 3, 'cs': (2.0**-6, 2.0**-2, 1.0)}
 
@@ -60,6 +61,43 @@ def test_reference_encoders():
   r = senteval.RandomEncoder(dim=8, seed=0)
   a, b = r(['same']), r(['same'])
   assert a.shape == (1, 8) and not np.allclose(a, b)  # unrelated to the sentence
+
+
+def test_bag_of_random_words_restricted_to_a_vocabulary():
+  full = senteval.BagOfRandomWords(dim=16, seed=0)
+  seen = senteval.BagOfRandomWords(dim=16, seed=0, vocabulary={'the', 'cat'})
+  x = seen(['the zebra', 'the okapi', 'the cat'])
+  np.testing.assert_array_equal(x[0], x[1])  # unseen words share the one <unk> vector
+  expected = (full.word_vector('the') + full.word_vector(text_lib.UNK)) / 2
+  np.testing.assert_allclose(x[0], expected, rtol=1e-6)
+  np.testing.assert_allclose(x[2], full(['the cat'])[0], rtol=1e-6)  # seen words unchanged
+  assert not np.allclose(full(['the zebra']), full(['the okapi']))
+
+
+def test_standardize_false_fits_the_raw_features():
+  # One informative feature on a scale of 1e-3 beside unit-scale noise: standardized, it
+  # separates the classes; raw, the strongest C allowed cannot give it the weight it needs.
+  rng = np.random.default_rng(0)
+  y = np.arange(400) % 2
+  x = rng.normal(size=(400, 5))
+  x[:, 0] = 1e-3 * (2 * y - 1) + 1e-4 * rng.normal(size=400)
+  std = senteval.evaluate_classification(x, y, seed=0, **QUICK)
+  raw = senteval.evaluate_classification(x, y, seed=0, standardize=False, **QUICK)
+  assert std['accuracy'] > 95.0 and raw['accuracy'] < 65.0
+  tr = senteval.evaluate_train_test(x[:300], y[:300], x[300:], y[300:], 3, QUICK['cs'])
+  tr_raw = senteval.evaluate_train_test(
+    x[:300], y[:300], x[300:], y[300:], 3, QUICK['cs'], standardize=False
+  )
+  assert tr['accuracy'] > 95.0 and tr_raw['accuracy'] < 65.0
+  # Relatedness: the score carried by a 1e-3-scale feature of u (u * v with v = 1).
+  score = 1.0 + 4.0 * rng.random(300)
+  u = rng.normal(size=(300, 4))
+  u[:, 0] = 1e-3 * score
+  v = np.ones_like(u)
+  parts = [(u[a:b], v[a:b], score[a:b]) for a, b in ((0, 200), (200, 250), (250, 300))]
+  rel = senteval.evaluate_relatedness(*parts)
+  rel_raw = senteval.evaluate_relatedness(*parts, standardize=False)
+  assert rel['pearson'] > 0.95 and rel_raw['pearson'] < rel['pearson'] - 0.2
 
 
 def synthetic_sentiment(n=600, seed=0):

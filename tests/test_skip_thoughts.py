@@ -253,6 +253,31 @@ def test_end_to_end_through_main_and_evaluate_checkpoint(tmp_path, data_dirs):
     rows[-1]['valid/nll'] != rows[0]['valid/nll']
   )
   assert json.loads((workdir / 'senteval-4.json').read_text())['step'] == 4
+  # Raw features (SentEval's way) and the word-embedding ablation land beside it.
+  raw = st.evaluate_checkpoint(
+    workdir, 4, tasks='MR', folds=2, inner_folds=2, max_examples=100, standardize=False
+  )
+  bag = st.evaluate_checkpoint(
+    workdir, tasks='SICK', folds=2, inner_folds=2, max_examples=100, encoder='embeddings'
+  )
+  assert raw['protocol']['standardize'] is False and raw['results']['MR']['standardize'] is False
+  assert json.loads((workdir / 'senteval-4-raw.json').read_text())['protocol'] == raw['protocol']
+  assert (
+    bag['protocol']['encoder'] == 'embeddings' and (workdir / 'senteval-4-embeddings.json').exists()
+  )
+  with pytest.raises(ValueError, match='encoder must be one of'):
+    st.evaluate_checkpoint(workdir, tasks='MR', encoder='lstm')
+
+
+def test_embedding_bag_encoder_is_the_mean_of_the_model_embeddings():
+  vocab = text_lib.Vocabulary.build([['the', 'cat', 'sat']], 10)
+  table = np.arange(len(vocab) * 3, dtype=np.float32).reshape(len(vocab), 3)
+  encode = st.make_embedding_bag_encoder({'embed': {'embedding': table}}, vocab, max_length=3)
+  x = encode(['The cat sat', 'a zebra', ''])
+  the, cat, unk = vocab.encode(['the', 'cat', 'zebra'])
+  np.testing.assert_allclose(x[0], (table[the] + table[cat]) / 2)  # cut to max_length - 1 words
+  np.testing.assert_allclose(x[1], table[unk])  # unknown words are <unk>
+  np.testing.assert_array_equal(x[2], 0.0)
 
 
 def test_paper_sizes_clipping_and_sentence_length():

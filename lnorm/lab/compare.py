@@ -387,10 +387,14 @@ def plot(
   panel_by: Sequence[str] = ('batch_size',),
   logy: bool = False,
   title: str | None = None,
+  grid_columns: int = 0,
 ) -> pathlib.Path:
   """Draws one panel per (metric, panel value): per colour the mean over seeds and its range.
 
-  Writes a PNG (matplotlib's Agg canvas; no pyplot, no global state) and returns its path.
+  One row per metric and one column per panel value; with a single panel value and
+  ``grid_columns > 0`` the metrics fill a grid of that many columns instead of one tall
+  column. Writes a PNG (matplotlib's Agg canvas; no pyplot, no global state) and returns
+  its path.
   """
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -403,13 +407,20 @@ def plot(
     palette = {c: norm_color(str(c[0]), i) for i, c in enumerate(colors)}
   else:
     palette = {c: f'C{i % 10}' for i, c in enumerate(colors)}
-  nrows, ncols = len(metrics), len(panels)
+  wrap = grid_columns > 0 and len(panels) == 1
+  if wrap:
+    ncols = min(grid_columns, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+  else:
+    nrows, ncols = len(metrics), len(panels)
   fig = Figure(figsize=(4.5 * ncols, 3.3 * nrows), layout='constrained')
   FigureCanvasAgg(fig)
   axes = fig.subplots(nrows, ncols, squeeze=False)
+  for ax in axes.flat[len(metrics) :] if wrap else ():
+    ax.set_visible(False)  # The grid's last row may be short.
   for i, metric in enumerate(metrics):
     for j, panel in enumerate(panels):
-      ax = axes[i, j]
+      ax = axes.flat[i] if wrap else axes[i, j]
       for g in groups:
         if g.panel != panel:
           continue

@@ -9,7 +9,7 @@ Protocols (written for this project; the choices follow Kiros et al. 2015 and Se
 
 * **MR, CR, SUBJ, MPQA** (:func:`evaluate_classification`): logistic regression
   (scikit-learn, L-BFGS, L2 penalty) on standardized features (mean/std of the training
-  fold), ``n_folds``-fold stratified cross-validation, shuffled with ``seed`` (10 folds by
+  fold; ``standardize=False`` fits the raw vectors, as SentEval does), ``n_folds``-fold stratified cross-validation, shuffled with ``seed`` (10 folds by
   default). Inside each training fold the inverse penalty ``C`` is chosen from
   :data:`DEFAULT_CS` by ``inner_folds``-fold stratified cross-validation (5 by default)
   on accuracy, then refit on the whole training fold. Reported: mean test-fold accuracy
@@ -113,12 +113,20 @@ class BagOfRandomWords:
   Each word's vector is drawn from a generator seeded with ``(seed, crc32(word))``, so
   it is the same in every process and needs no vocabulary. Words are
   :func:`lnorm.lab.text.tokenize` tokens (lowercased); the empty sentence maps to zeros.
+
+  ``vocabulary`` (a set of words) restricts it to what a trained encoder can see: every
+  other word becomes the one token :data:`lnorm.lab.text.UNK` (one shared vector), as
+  the encoder's ``<unk>``. That measures how much of this floor comes from words outside
+  the encoder's vocabulary.
   """
 
-  def __init__(self, dim: int = 300, seed: int = 0, lower: bool = True):
+  def __init__(
+    self, dim: int = 300, seed: int = 0, lower: bool = True, vocabulary: set | None = None
+  ):
     self.dim = dim
     self.seed = seed
     self.lower = lower
+    self.vocabulary = None if vocabulary is None else frozenset(vocabulary)
     self._vectors: dict[str, np.ndarray] = {}
 
   def word_vector(self, word: str) -> np.ndarray:
@@ -135,6 +143,8 @@ class BagOfRandomWords:
     out = np.zeros((len(sentences), self.dim), dtype=np.float32)
     for i, s in enumerate(sentences):
       tokens = text_lib.tokenize(s, lower=self.lower)
+      if self.vocabulary is not None:
+        tokens = [t if t in self.vocabulary else text_lib.UNK for t in tokens]
       if tokens:
         out[i] = np.mean([self.word_vector(t) for t in tokens], axis=0)
     return out
@@ -154,7 +164,11 @@ def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple]
   return list(skf.split(np.zeros(len(labels)), labels))
 
 
-def _standardize(train: np.ndarray, *others: np.ndarray):
+def _standardize(train: np.ndarray, *others: np.ndarray, standardize: bool = True):
+  """``(x - mean) / std`` with the training set's statistics; the arrays as they are if not
+  ``standardize``."""
+  if not standardize:
+    return [train, *others]
   mean = train.mean(axis=0)
   std = train.std(axis=0)
   std = np.where(std > 1e-8, std, 1.0)
@@ -208,6 +222,7 @@ def evaluate_classification(
   inner_folds: int = 5,
   cs: Sequence[float] = DEFAULT_CS,
   seed: int = 0,
+  standardize: bool = True,
 ) -> dict:
   """Nested cross-validated accuracy of logistic regression (MR, CR, SUBJ, MPQA).
 
@@ -218,6 +233,8 @@ def evaluate_classification(
     inner_folds: inner folds that choose ``C`` in every outer training fold.
     cs: candidate ``C`` values.
     seed: seed of the outer folds (the inner ones use ``seed + 1 + fold``).
+    standardize: scale every feature by the training fold's mean and std (the default);
+      False fits the raw vectors.
 
   Returns:
     ``{'accuracy': mean test-fold accuracy in %, 'std': its std over folds (%),
@@ -228,7 +245,7 @@ def evaluate_classification(
     y = np.asarray(y)
     accs, chosen = [], []
     for k, (tr, te) in enumerate(stratified_folds(y, n_folds, seed)):
-      xtr, xte = _standardize(x[tr], x[te])
+      xtr, xte = _standardize(x[tr], x[te], standardize=standardize)
       model, c, _ = fit_logistic(xtr, y[tr], cs, inner_folds, seed + 1 + k)
       accs.append(100.0 * float(np.mean(model.predict(xte) == y[te])))
       chosen.append(c)
@@ -249,15 +266,20 @@ def evaluate_train_test(
   inner_folds: int = 5,
   cs: Sequence[float] = DEFAULT_CS,
   seed: int = 0,
+  standardize: bool = True,
 ) -> dict:
   """Accuracy on a fixed test set, ``C`` tuned by cross-validation on train (TREC).
+
+  ``standardize`` as in :func:`evaluate_classification` (statistics of the training set).
 
   Returns:
     ``{'accuracy': test accuracy in %, 'cv_accuracy': best inner CV accuracy in %,
     'c': chosen C, 'n_train', 'n_test'}``.
   """
   with threadpool_limits(limits=BLAS_THREADS, user_api='blas'):
-    xtr, xte = _standardize(np.asarray(x_train, np.float64), np.asarray(x_test, np.float64))
+    xtr, xte = _standardize(
+      np.asarray(x_train, np.float64), np.asarray(x_test, np.float64), standardize=standardize
+    )
     model, c, scores = fit_logistic(xtr, np.asarray(y_train), cs, inner_folds, seed)
     acc = 100.0 * float(np.mean(model.predict(xte) == np.asarray(y_test)))
     return {
@@ -361,12 +383,15 @@ def evaluate_relatedness(
   dev: tuple[np.ndarray, np.ndarray, np.ndarray],
   test: tuple[np.ndarray, np.ndarray, np.ndarray],
   l2s: Sequence[float] = DEFAULT_L2,
+  standardize: bool = True,
 ) -> dict:
   """SICK relatedness, Tai et al. (2015) setup (module docstring).
 
   Args:
     train, dev, test: ``(u float[N, D], v float[N, D], score float[N])`` each.
     l2s: candidate penalties, chosen by dev Pearson r.
+    standardize: scale the pair features by the training pairs' mean and std (the
+      default); False fits them raw.
 
   Returns:
     ``{'pearson', 'spearman', 'mse'}`` on test, plus ``'l2'`` chosen and
@@ -375,7 +400,7 @@ def evaluate_relatedness(
   with threadpool_limits(limits=BLAS_THREADS, user_api='blas'):
     feats = [pair_features(np.asarray(u, np.float64), np.asarray(v, np.float64))
              for u, v, _ in (train, dev, test)]  # fmt: skip
-    xtr, xdev, xte = _standardize(*feats)
+    xtr, xdev, xte = _standardize(*feats, standardize=standardize)
     ptr = score_distribution(train[2])
     best, init = None, None
     for l2 in sorted(l2s, reverse=True):  # strongest penalty first, warm-starting the next
@@ -414,6 +439,7 @@ def evaluate_task(
   seed: int = 0,
   batch_size: int = 128,
   max_examples: int | None = None,
+  standardize: bool = True,
 ) -> dict:
   """Loads one task from ``data_dir`` (SentEval layout), encodes it, evaluates it.
 
@@ -425,9 +451,10 @@ def evaluate_task(
     batch_size: sentences per ``encode`` call.
     max_examples: for MR/CR/SUBJ/MPQA, evaluate a seeded stratified subset of this size
       (quick checks during training); None uses all.
+    standardize: standardize the classifiers' features (the default) or fit raw vectors.
 
   Returns:
-    The task's result dict, with ``'seconds'`` added.
+    The task's result dict, with ``'seconds'`` and ``'standardize'`` added.
   """
   start = time.perf_counter()
   d = data.load_task(data_dir, task)
@@ -437,12 +464,12 @@ def evaluate_task(
       idx = stratified_subset(labels, max_examples, seed)
       sents, labels = [sents[i] for i in idx], labels[idx]
     x = encode_sentences(encode, sents, batch_size)
-    out = evaluate_classification(x, labels, n_folds, inner_folds, cs, seed)
+    out = evaluate_classification(x, labels, n_folds, inner_folds, cs, seed, standardize)
   elif task == 'TREC':
     xtr = encode_sentences(encode, d['train']['sentences'], batch_size)
     xte = encode_sentences(encode, d['test']['sentences'], batch_size)
     out = evaluate_train_test(
-      xtr, d['train']['labels'], xte, d['test']['labels'], inner_folds, cs, seed
+      xtr, d['train']['labels'], xte, d['test']['labels'], inner_folds, cs, seed, standardize
     )
   elif task == 'SICK':
     parts = []
@@ -451,10 +478,11 @@ def evaluate_task(
       u = encode_sentences(encode, s['sentence_a'], batch_size)
       v = encode_sentences(encode, s['sentence_b'], batch_size)
       parts.append((u, v, s['relatedness']))
-    out = evaluate_relatedness(*parts, l2s=l2s)
+    out = evaluate_relatedness(*parts, l2s=l2s, standardize=standardize)
   else:
     raise ValueError(f'unknown SentEval task {task!r}; choose from {data.TASKS}')
   out['seconds'] = time.perf_counter() - start
+  out['standardize'] = standardize
   return out
 
 
