@@ -1,6 +1,6 @@
 """Skip-thoughts results: the paper's Table 3 layout, Figure-4-like curves, per-step tables.
 
-  python scripts/skip_thoughts_report.py runs/skip_thoughts/cpu8-none runs/skip_thoughts/cpu8-layer \
+  python scripts/skip_thoughts_report.py runs/skip_thoughts/cpu8-{none,layer} \
       --floor 'bag of random words, 300-d, all words=results/senteval_floor.json' \
       --out results/skip_thoughts
 
@@ -126,7 +126,7 @@ def run_rows(runs, full: dict, key: tuple) -> list[tuple[str, str, dict]]:
 def paper_rows() -> list[tuple[str, str, dict]]:
   training = 'BookCorpus, full size'
   return [
-    (f'{name} (paper)', training, dict(zip(COLUMNS, values)))
+    (f'{name} (paper)', training, dict(zip(COLUMNS[:7], values, strict=True)))
     for name, values in PAPER_TABLE3.items()
   ]
 

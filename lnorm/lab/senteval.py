@@ -9,10 +9,11 @@ Protocols (written for this project; the choices follow Kiros et al. 2015 and Se
 
 * **MR, CR, SUBJ, MPQA** (:func:`evaluate_classification`): logistic regression
   (scikit-learn, L-BFGS, L2 penalty) on standardized features (mean/std of the training
-  fold; ``standardize=False`` fits the raw vectors, as SentEval does), ``n_folds``-fold stratified cross-validation, shuffled with ``seed`` (10 folds by
-  default). Inside each training fold the inverse penalty ``C`` is chosen from
-  :data:`DEFAULT_CS` by ``inner_folds``-fold stratified cross-validation (5 by default)
-  on accuracy, then refit on the whole training fold. Reported: mean test-fold accuracy
+  fold; ``standardize=False`` fits the raw vectors, as SentEval does), ``n_folds``-fold
+  stratified cross-validation, shuffled with ``seed`` (10 folds by default). Inside each
+  training fold the inverse penalty ``C`` is chosen from :data:`DEFAULT_CS` by
+  ``inner_folds``-fold stratified cross-validation (5 by default) on accuracy, then refit
+  on the whole training fold. Reported: mean test-fold accuracy
   (%) and its standard deviation over folds.
 * **TREC** (:func:`evaluate_train_test`): the same classifier (multinomial over the 6
   coarse classes) trained on the 5,452 training questions, ``C`` tuned by
