@@ -23,9 +23,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
+from lnorm.lab.colors import NORM_COLORS  # noqa: E402
 from lnorm.lab.metrics import read_metrics  # noqa: E402
 
-COLORS = {'none': '#7f7f7f', 'batch': '#1f77b4', 'layer': '#d62728'}
+COLORS = NORM_COLORS  # One colour per norm in every figure (lnorm.lab.colors).
 LABELS = {'none': 'LSTM', 'batch': 'BN-LSTM', 'layer': 'LN-LSTM'}
 
 

@@ -33,8 +33,9 @@ if str(ROOT) not in sys.path:
 from experiments import draw  # noqa: E402
 from lnorm.lab import metrics as metrics_lib  # noqa: E402
 from lnorm.lab import runner  # noqa: E402
+from lnorm.lab.colors import NORM_COLORS  # noqa: E402
 
-COLORS = {'none': '#7f7f7f', 'layer': '#d62728'}
+COLORS = NORM_COLORS  # One colour per norm in every figure (lnorm.lab.colors).
 LABELS = {'none': 'baseline (LSTM)', 'layer': 'LN on c_t (eqs. 29-31)'}
 #: The paper's test bounds after 200 epochs (Ba et al. 2016, §6.4), nats per image.
 PAPER_TEST_BOUND = {'none': 82.36, 'layer': 82.09}

@@ -26,8 +26,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
-#: One colour per norm across the project's figures.
-COLORS = {'none': '#7f7f7f', 'layer': '#d62728'}
+from lnorm.lab.colors import NORM_COLORS as COLORS  # noqa: E402  One colour per norm.
+
 NAMES = {'none': 'LSTM', 'layer': 'LN-LSTM'}
 START, END = '<!-- tables:start -->', '<!-- tables:end -->'
 

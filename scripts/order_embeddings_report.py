@@ -31,10 +31,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
+from lnorm.lab.colors import NORM_COLORS  # noqa: E402
 from lnorm.lab.metrics import read_metrics  # noqa: E402
 from lnorm.lab.workdir import read_json  # noqa: E402
 
-COLORS = {'none': '#7f7f7f', 'layer': '#d62728'}
+COLORS = NORM_COLORS  # One colour per norm in every figure (lnorm.lab.colors).
 NAMES = {'none': 'GRU', 'layer': 'LN-GRU'}
 DEV_METRIC = {
   'sick': ('dev/accuracy', 'SICK trial accuracy (%)'),

@@ -2,11 +2,12 @@
 
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
 
-from lnorm.lab import compare
+from lnorm.lab import colors, compare
 
 
 def make_run(root, name, config, rows, final=None, extra_line=None):
@@ -241,8 +242,21 @@ def test_command_line(runs_dir, tmp_path, capsys):
 
 
 def test_each_norm_keeps_its_colour_in_every_figure():
-  from lnorm.lab import colors
 
   assert len(set(colors.NORM_COLORS.values())) == len(colors.NORM_COLORS)
   assert colors.norm_color('layer') == colors.NORM_COLORS['layer']
   assert colors.norm_color('mystery', 1) not in colors.NORM_COLORS.values()
+
+
+def test_norm_colours_are_defined_in_one_place():
+  # Every figure takes a norm's colour from lnorm.lab.colors; a copy elsewhere drifts.
+  root = pathlib.Path(__file__).resolve().parents[1]
+  hexes = {c.lower() for c in colors.NORM_COLORS.values()}
+  offenders = []
+  for folder in ('lnorm', 'experiments', 'scripts', 'configs'):
+    for path in (root / folder).rglob('*.py'):
+      if path.name == 'colors.py':
+        continue
+      text = path.read_text().lower()
+      offenders += [f'{path.relative_to(root)}: {h}' for h in hexes if h in text]
+  assert not offenders, offenders
