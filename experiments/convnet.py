@@ -63,10 +63,10 @@ from jax.sharding import Mesh
 
 from lnorm import functional as F
 from lnorm import layers
-from lnorm.lab import batching, config_args, models, runner
+from lnorm.lab import batching, classification, config_args, models, runner
 from lnorm.lab import workdir as workdir_lib
 from lnorm.lab.classification import make_eval_fn, make_loss_fn
-from lnorm.lab.contract import Evaluator, Experiment
+from lnorm.lab.contract import Experiment
 from lnorm.lab.data.mnist import SOURCES as DATA_SOURCES
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -347,17 +347,11 @@ def make_experiment(
   model = make_model(config)
   eval_fn = make_eval_fn(model)
 
-  def evaluate(state):
-    out = {}
-    for split in ('valid', 'test') if config.eval_valid else ('test',):
-      if len(data[split]['label']):
-        means = batching.evaluate_arrays(eval_fn, state, data[split], config.eval_batch_size, mesh)
-        out.update({f'{split}/{k}': v for k, v in means.items()})
-    return out
-
-  evaluator = Evaluator(
-    'valid+test', evaluate, every_steps=config.eval_every_steps, per_epoch=config.evals_per_epoch
-  )
+  splits = ('valid', 'test') if config.eval_valid else ('test',)
+  evaluator = classification.split_evaluator(
+    eval_fn, data, splits, config.eval_batch_size, mesh,
+    every_steps=config.eval_every_steps, per_epoch=config.evals_per_epoch,
+  )  # fmt: skip
   return Experiment(
     init=model.init,
     loss=make_loss_fn(model),

@@ -34,9 +34,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lnorm import nnx as lnnx
-from lnorm.lab import batching, config_args, models, runner
+from lnorm.lab import batching, classification, config_args, models, runner
 from lnorm.lab.classification import make_eval_fn, make_loss_fn
-from lnorm.lab.contract import Evaluator, Experiment
+from lnorm.lab.contract import Experiment
 from lnorm.lab.data.mnist import SOURCES as DATA_SOURCES
 from lnorm.layers import NORM_NAMES, NormalizedDense, check_norm_name
 
@@ -209,17 +209,10 @@ def make_experiment(
   model = make_model(config)
   eval_fn = make_eval_fn(model)
 
-  def evaluate(state):
-    out = {}
-    for split in ('valid', 'test'):
-      if len(data[split]['label']):
-        means = batching.evaluate_arrays(eval_fn, state, data[split], config.eval_batch_size, mesh)
-        out.update({f'{split}/{k}': v for k, v in means.items()})
-    return out
-
-  evaluator = Evaluator(
-    'valid+test', evaluate, every_steps=config.eval_every_steps, per_epoch=config.evals_per_epoch
-  )
+  evaluator = classification.split_evaluator(
+    eval_fn, data, ('valid', 'test'), config.eval_batch_size, mesh,
+    every_steps=config.eval_every_steps, per_epoch=config.evals_per_epoch,
+  )  # fmt: skip
   return Experiment(
     init=model.init,
     loss=make_loss_fn(model),

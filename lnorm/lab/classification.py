@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lnorm.lab.contract import LossFn, TrainState
+from lnorm.lab import batching
+from lnorm.lab.contract import Evaluator, LossFn, TrainState
 from lnorm.lab.models import Model
 
 
@@ -41,3 +42,31 @@ def make_eval_fn(model: Model, inputs: str = 'image'):
     return {'nll': nll, 'error': error}
 
   return eval_fn
+
+
+def split_evaluator(
+  eval_fn,
+  data: dict,
+  splits: tuple[str, ...],
+  batch_size: int,
+  mesh,
+  every_steps: int = 0,
+  per_epoch: int = 0,
+  name: str = 'valid+test',
+) -> Evaluator:
+  """An :class:`Evaluator` logging ``<split>/<metric>``: ``eval_fn``'s means over each split.
+
+  ``data[split]`` holds arrays with a leading example axis (``'label'`` among them); a
+  split with no examples is skipped. Means are over every example
+  (:func:`lnorm.lab.batching.evaluate_arrays`).
+  """
+
+  def evaluate(state):
+    out = {}
+    for split in splits:
+      if len(data[split]['label']):
+        means = batching.evaluate_arrays(eval_fn, state, data[split], batch_size, mesh)
+        out.update({f'{split}/{k}': v for k, v in means.items()})
+    return out
+
+  return Evaluator(name, evaluate, every_steps=every_steps, per_epoch=per_epoch)
