@@ -22,6 +22,7 @@ $(VENV)/.created:
 # preparation test, pytest, ruff).
 $(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.created
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m lnorm._ffi  # Builds the C++ layer-norm kernel now (else on first use; never fails).
 	touch $@
 
 # Only what the experiments need (no TensorFlow): what `make demo` installs.

@@ -29,7 +29,10 @@ from collections.abc import Sequence
 import jax
 import jax.extend
 import jax.numpy as jnp
+import numpy as np
 from jax.interpreters import ad, batching, mlir
+
+from lnorm import _ffi
 
 Axes = int | Sequence[int]
 
@@ -205,6 +208,19 @@ def layer_norm(
   XLA:CPU optimization barriers steer the fusions; other backends get the
   plain formulation (see :func:`layer_norm_fusion`).
 
+  On CPU, float32 input normalized over trailing axes (with float32 or absent
+  gains and biases) runs a C++ kernel (``lnorm/csrc/layer_norm.cc``, through
+  ``jax.ffi``) for the forward pass and for the gradient: the same formulas,
+  pivot included, in one pass over ``x`` forward and one over ``x`` and ``dy``
+  backward (``dscale`` and ``dbias`` summed in the same pass), rows split
+  between XLA's intra-op threads. It matches the XLA path to float32 rounding;
+  forward mode and higher derivatives use the XLA formulas. The kernel is
+  compiled on first use (or by ``make setup``; see :mod:`lnorm._ffi`); where
+  it cannot be built, on other backends, in an explicit
+  :func:`layer_norm_fusion` mode, or with ``LNORM_LAYER_NORM_KERNEL=xla`` in
+  the environment, the XLA path runs. Like the fusion mode, the choice is made
+  when the call is traced.
+
   Args:
     x: ``<float>[..., *feature_shape]``, any float dtype.
     scale: gain ``g``, of shape ``x.shape[axis]`` (e.g. ``(H,)``), or in
@@ -223,6 +239,14 @@ def layer_norm(
   scale, bias = _layer_norm_params(x, scale, bias, axes)
   mode = _FUSION_MODE.get()
   lead = x.ndim - len(axes)
+  if _use_kernel(x, scale, bias, axes, mode):
+    rows, feats = math.prod(x.shape[:lead]), math.prod(x.shape[lead:])
+    full = (1,) * lead + x.shape[lead:]
+    scale, bias = (
+      None if p is None else jnp.broadcast_to(p, full).reshape(1, feats) for p in (scale, bias)
+    )
+    y = _layer_norm_kernel(x.reshape(rows, feats), scale, bias, float(eps))
+    return y.reshape(x.shape)
   if axes == tuple(range(lead, x.ndim)) and x.shape != (x.shape[0], x.shape[-1]):
     # Trailing axes: normalize the rows of a 2-D view (the same cases, pivots and sums).
     # XLA:CPU compiles the 2-D form to one fused kernel where a rank-3 input took four
@@ -468,6 +492,274 @@ def _layer_norm_fused_jvp(axes, eps, mode, primals, tangents):
     policy=jax.checkpoint_policies.nothing_saveable,
   )
   return y, tangent(x, scale, pivot, mean, rstd, x_dot, scale_dot, bias_dot)
+
+
+# The CPU kernel (lnorm/csrc/layer_norm.cc, through jax.ffi).
+#
+# XLA:CPU runs every reduction of the fused formulation above as its own pass over the
+# data (about ten passes in eight kernels for forward+backward); the kernel makes one pass
+# over x forward (writing y and three numbers per row) and one over x and dy backward
+# (writing dx; dscale and dbias as column sums in the same pass). It computes the same
+# formulas in the same order, in float32, for float32 inputs normalized over trailing axes.
+#
+# Three primitives carry it, each with a CPU lowering to the kernel and, on every other
+# platform (or where the kernel failed to build), a lowering to the XLA formulation above:
+# * `_ln_fwd_p(x, scale, bias) -> (y, pivot, mean, rstd)`: the forward kernel.
+# * `_ln_tangent_p(x, scale, pivot, mean, rstd, *dots)`: the tangent of y, linear in the
+#   dots (`_layer_norm_tangent`, lowered as XLA ops: forward mode stays as it was). Its
+#   transpose rule, which reverse mode uses, is `_ln_bwd_p`.
+# * `_ln_bwd_p(x, scale, pivot, mean, rstd, dy) -> (dx, dscale, dbias)`: the backward kernel.
+# Higher derivatives differentiate the XLA formulas (the JVP rules of the primitives), so
+# `grad` of `grad`, `jax.hessian` and forward-over-reverse work and agree with the XLA path.
+# Arrays keep x's rank: the normalized axis is the last; parameters and their gradients
+# have shape (*lead, H) with lead a prefix of x's leading dimensions followed by ones (a
+# group of consecutive rows per parameter row), which is what vmap makes of (1, H).
+
+
+def _use_kernel(x, scale, bias, axes, mode) -> bool:
+  """Whether :func:`layer_norm` takes the CPU-kernel path (decided when it is traced)."""
+  if mode != 'auto' or x.dtype != jnp.float32 or x.size < _KERNEL_MIN_SIZE:
+    return False
+  if any(p is not None and p.dtype != jnp.float32 for p in (scale, bias)):
+    return False
+  if axes != tuple(range(x.ndim - len(axes), x.ndim)):
+    return False
+  # On a GPU/TPU machine the XLA path stays (and no compiler runs); the primitives lower to
+  # it anyway wherever a traced kernel path is compiled for another platform.
+  if not _ffi.kernel_enabled() or jax.default_backend() != 'cpu':
+    return False
+  return _ffi.layer_norm_kernel()[0]
+
+
+#: Smaller inputs take the XLA path, where layer norm fuses with its neighbours (e.g. the
+#: gates of an LN-LSTM step) and no custom call is paid for.
+_KERNEL_MIN_SIZE = 1
+
+
+def _grouped(x_shape, p_shape) -> bool:
+  """Whether a parameter of ``p_shape`` maps onto groups of consecutive rows of ``x``."""
+  if len(p_shape) != len(x_shape) or p_shape[-1] != x_shape[-1]:
+    return False
+  lead, x_lead = p_shape[:-1], x_shape[:-1]
+  k = 0
+  while k < len(lead) and lead[k] == x_lead[k] and lead[k] != 1:
+    k += 1
+  return all(d == 1 for d in lead[k:]) or lead == x_lead
+
+
+def _kernel_params(x, scale, bias):
+  """Gains and biases as the kernel takes them: 1 and 0 where absent."""
+  shape = (1,) * (x.ndim - 1) + x.shape[-1:]
+  scale = jnp.ones(shape, jnp.float32) if scale is None else scale
+  bias = jnp.zeros(shape, jnp.float32) if bias is None else bias
+  return scale, bias
+
+
+def _fwd_formula(x, scale, bias, *, eps, mode):
+  return list(_layer_norm_stats(x, scale, bias, (x.ndim - 1,), eps, mode))
+
+
+def _split_dots(dots, which):
+  it = iter(dots)
+  return tuple(next(it) if w else None for w in which)
+
+
+def _tangent_formula(x, scale, pivot, mean, rstd, *dots, which, mode):
+  x_dot, scale_dot, bias_dot = _split_dots(dots, which)
+  return _layer_norm_tangent(
+    (x.ndim - 1,), mode, x, scale, pivot, mean, rstd, x_dot, scale_dot, bias_dot
+  )
+
+
+def _bwd_formula(x, scale, pivot, mean, rstd, dy, *, ds_shape, db_shape, mode):
+  def tangent(x_dot, scale_dot, bias_dot):
+    return _layer_norm_tangent(
+      (x.ndim - 1,), mode, x, scale, pivot, mean, rstd, x_dot, scale_dot, bias_dot
+    )
+
+  specs = [jax.ShapeDtypeStruct(s, jnp.float32) for s in (x.shape, ds_shape, db_shape)]
+  return list(jax.linear_transpose(tangent, *specs)(dy))
+
+
+@functools.cache
+def _jitted_bind(prim, params):
+  return jax.jit(lambda *args: prim.bind(*args, **dict(params)))
+
+
+def _define(name, multiple_results, formula, abstract_eval, ffi_target, static, param_slots):
+  """A primitive computed by ``formula`` (XLA ops) or, lowered for CPU, by ``ffi_target``.
+
+  ``static``: the parameter names that are not kernel attributes (only shapes, flags).
+  ``param_slots``: the positions, in the operands followed by the results, of the
+  parameter-shaped arrays, which the kernel maps onto groups of rows.
+  The JVP rule differentiates ``formula``; batching is added by the caller.
+  """
+  prim = jax.extend.core.Primitive(name)
+  prim.multiple_results = multiple_results
+  prim.def_impl(lambda *args, **params: _jitted_bind(prim, tuple(sorted(params.items())))(*args))
+  prim.def_abstract_eval(abstract_eval)
+
+  def jvp(primals, tangents, **params):
+    tangents = [ad.instantiate_zeros(t) for t in tangents]
+    return jax.jvp(
+      functools.partial(formula, **params, mode='auto'), tuple(primals), tuple(tangents)
+    )
+
+  ad.primitive_jvps[prim] = jvp
+  mlir.register_lowering(
+    prim, mlir.lower_fun(functools.partial(formula, mode='plain'), multiple_results)
+  )
+  xla_cpu = mlir.lower_fun(functools.partial(formula, mode='auto'), multiple_results)
+
+  def cpu_lowering(ctx, *args, **params):
+    avals = list(ctx.avals_in) + list(ctx.avals_out)
+    shapes_ok = all(_grouped(ctx.avals_in[0].shape, avals[i].shape) for i in param_slots)
+    if ffi_target is None or not _ffi.layer_norm_kernel()[0] or not shapes_ok:
+      return xla_cpu(ctx, *args, **params)
+    attrs = {k: v for k, v in params.items() if k not in static}
+    if 'eps' in attrs:
+      attrs['eps'] = np.float32(attrs['eps'])
+    return jax.ffi.ffi_lowering(ffi_target)(ctx, *args, **attrs)
+
+  mlir.register_lowering(prim, cpu_lowering, platform='cpu')
+  return prim
+
+
+def _stats_aval(x):
+  return jax.core.ShapedArray(x.shape[:-1] + (1,), jnp.float32)
+
+
+_ln_fwd_p = _define(
+  'lnorm_layer_norm_fwd',
+  True,
+  _fwd_formula,
+  lambda x, scale, bias, *, eps: (
+    [jax.core.ShapedArray(x.shape, jnp.float32)] + [_stats_aval(x)] * 3
+  ),
+  _ffi.FWD_TARGET,
+  static=(),
+  param_slots=(1, 2),
+)
+_ln_tangent_p = _define(
+  'lnorm_layer_norm_tangent',
+  False,
+  _tangent_formula,
+  lambda x, *args, which: jax.core.ShapedArray(x.shape, jnp.float32),
+  None,
+  static=('which',),
+  param_slots=(),
+)
+_ln_bwd_p = _define(
+  'lnorm_layer_norm_bwd',
+  True,
+  _bwd_formula,
+  lambda x, *args, ds_shape, db_shape: [
+    jax.core.ShapedArray(s, jnp.float32) for s in (x.shape, ds_shape, db_shape)
+  ],
+  _ffi.BWD_TARGET,
+  static=('ds_shape', 'db_shape'),
+  param_slots=(1, 7, 8),
+)
+
+
+def _ln_tangent_transpose(ct, x, scale, pivot, mean, rstd, *dots, which):
+  if any(ad.is_undefined_primal(a) for a in (x, scale, pivot, mean, rstd)):
+    raise NotImplementedError('layer norm is linear only in its tangents')
+  none = [None] * (5 + len(dots))
+  if type(ct) is ad.Zero:
+    return none
+  x_dot, scale_dot, bias_dot = _split_dots(dots, which)
+  unit = (1,) * (x.ndim - 1) + x.shape[-1:]
+  ds_shape = scale_dot.aval.shape if ad.is_undefined_primal(scale_dot) else unit
+  db_shape = bias_dot.aval.shape if ad.is_undefined_primal(bias_dot) else unit
+  dx, dscale, dbias = _ln_bwd_p.bind(
+    x, scale, pivot, mean, rstd, ad.instantiate_zeros(ct), ds_shape=ds_shape, db_shape=db_shape
+  )
+  dot_grads = [g for w, g in zip(which, (dx, dscale, dbias), strict=True) if w]
+  return [None] * 5 + [
+    g if ad.is_undefined_primal(d) else None for d, g in zip(dots, dot_grads, strict=True)
+  ]
+
+
+ad.primitive_transposes[_ln_tangent_p] = _ln_tangent_transpose
+
+
+def _rows_at_front(a, d, size):
+  """An x-like operand with its batch axis first (broadcast when unbatched)."""
+  if d is None:
+    return jnp.broadcast_to(a, (size, *a.shape))
+  return jnp.moveaxis(a, d, 0)
+
+
+def _param_at_front(a, d, size):
+  """A parameter-like operand with its batch axis first; shared when unbatched and shared."""
+  if d is not None:
+    return jnp.moveaxis(a, d, 0)
+  if all(n == 1 for n in a.shape[:-1]):
+    return a[None]
+  return jnp.broadcast_to(a, (size, *a.shape))
+
+
+def _batch_size(args, dims):
+  return next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+
+
+def _ln_fwd_batch(args, dims, *, eps):
+  size = _batch_size(args, dims)
+  x, scale, bias = args
+  dx, ds, db = dims
+  out = _ln_fwd_p.bind(
+    _rows_at_front(x, dx, size),
+    _param_at_front(scale, ds, size),
+    _param_at_front(bias, db, size),
+    eps=eps,
+  )
+  return out, [0] * 4
+
+
+def _ln_tangent_batch(args, dims, *, which):
+  size = _batch_size(args, dims)
+  x_like = [True] * 5
+  x_like[1] = False  # scale
+  x_like += [kind for kind, w in zip((True, False, False), which, strict=True) if w]
+  moved = [
+    (_rows_at_front if rows else _param_at_front)(a, d, size)
+    for a, d, rows in zip(args, dims, x_like, strict=True)
+  ]
+  return _ln_tangent_p.bind(*moved, which=which), 0
+
+
+def _ln_bwd_batch(args, dims, *, ds_shape, db_shape):
+  size = _batch_size(args, dims)
+  moved = [
+    (_param_at_front if i == 1 else _rows_at_front)(a, d, size)
+    for i, (a, d) in enumerate(zip(args, dims, strict=True))
+  ]
+  out = _ln_bwd_p.bind(*moved, ds_shape=(size, *ds_shape), db_shape=(size, *db_shape))
+  return out, [0] * 3
+
+
+batching.primitive_batchers[_ln_fwd_p] = _ln_fwd_batch
+batching.primitive_batchers[_ln_tangent_p] = _ln_tangent_batch
+batching.primitive_batchers[_ln_bwd_p] = _ln_bwd_batch
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _layer_norm_kernel(x, scale, bias, eps):
+  return _ln_fwd_p.bind(x, *_kernel_params(x, scale, bias), eps=eps)[0]
+
+
+@functools.partial(_layer_norm_kernel.defjvp, symbolic_zeros=True)
+def _layer_norm_kernel_jvp(eps, primals, tangents):
+  x, scale, bias = primals
+  scale, bias = _kernel_params(x, scale, bias)
+  y, pivot, mean, rstd = _ln_fwd_p.bind(x, scale, bias, eps=eps)
+  dots = tuple(_nonzero(t) for t in tangents)
+  which = tuple(d is not None for d in dots)
+  if not any(which):
+    return y, jnp.zeros_like(y)
+  present = [d.astype(jnp.float32) for d in dots if d is not None]
+  return y, _ln_tangent_p.bind(x, scale, pivot, mean, rstd, *present, which=which)
 
 
 #: The number of groups Wu & He (2018) use by default.

@@ -143,7 +143,9 @@ def test_fusion_modes_give_the_same_numbers(dtype):
 
 
 @pytest.mark.parametrize('platform', ['cpu', 'cuda', 'tpu'])
-def test_fusion_barriers_only_where_lowered_for_cpu(platform):
+def test_fusion_barriers_only_where_lowered_for_cpu(platform, monkeypatch):
+  # The XLA path's fusion steering (the CPU kernel has none: tests/test_layer_norm_kernel.py).
+  monkeypatch.setenv('LNORM_LAYER_NORM_KERNEL', 'xla')
   x, g = jnp.ones((8, 16)), jnp.ones(16)
 
   def barriers(mode):

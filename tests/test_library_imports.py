@@ -18,6 +18,7 @@ import pytest
 LIBRARY = (
   'lnorm',
   'lnorm.functional',
+  'lnorm._ffi',  # builds and loads the C++ CPU kernel (stdlib and jax only)
   'lnorm.cells',
   'lnorm.layers',
   'lnorm.recurrent',

@@ -1,0 +1,189 @@
+"""Builds and loads lnorm's C++ CPU kernels (``lnorm/csrc``) and registers them with XLA.
+
+The layer-norm kernel (``csrc/layer_norm.cc``) is compiled on first use with the
+system's C++ compiler against the XLA FFI headers of the installed jaxlib
+(``jax.ffi.include_dir()``), into a cache directory keyed by the source, the
+jaxlib version, the compiler and the CPU's instruction-set flags (it is built
+with ``-march=native``). ``make setup`` builds it once ahead of time
+(``python -m lnorm._ffi``). Nothing here is needed for correctness: when there
+is no compiler, no headers, or the build or load fails, :func:`layer_norm_kernel`
+says so (logged once at debug level) and ``lnorm.functional.layer_norm`` uses
+its XLA path.
+
+Environment:
+
+* ``LNORM_LAYER_NORM_KERNEL``: ``0``/``xla``/``off``/``false`` forces the XLA
+  path (read when ``layer_norm`` is traced); unset or anything else uses the
+  kernel where it can.
+* ``LNORM_CACHE_DIR``: where the compiled library goes (default
+  ``$XDG_CACHE_HOME/lnorm/ffi``, else ``~/.cache/lnorm/ffi``).
+* ``CXX``: the compiler (default ``g++``, else ``c++``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jax
+
+log = logging.getLogger(__name__)
+
+SOURCE = pathlib.Path(__file__).resolve().parent / 'csrc' / 'layer_norm.cc'
+ENV_SWITCH = 'LNORM_LAYER_NORM_KERNEL'
+_OFF = ('0', 'xla', 'off', 'false', 'no')
+#: FFI target names, as registered with XLA (platform 'cpu').
+FWD_TARGET = 'lnorm_layer_norm_fwd'
+BWD_TARGET = 'lnorm_layer_norm_bwd'
+
+
+def kernel_enabled() -> bool:
+  """False when ``$LNORM_LAYER_NORM_KERNEL`` forces the XLA path."""
+  return os.environ.get(ENV_SWITCH, '').strip().lower() not in _OFF
+
+
+def cache_dir() -> pathlib.Path:
+  if os.environ.get('LNORM_CACHE_DIR'):
+    return pathlib.Path(os.environ['LNORM_CACHE_DIR'])
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return pathlib.Path(base) / 'lnorm' / 'ffi'
+
+
+def compiler() -> str | None:
+  """The C++ compiler to build with, or None if there is none."""
+  for name in (os.environ.get('CXX'), 'g++', 'c++'):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def headers_dir() -> pathlib.Path | None:
+  """The installed jaxlib's XLA FFI headers, or None if it ships none."""
+  try:
+    include = pathlib.Path(jax.ffi.include_dir())
+  except Exception:  # An old or unusual jaxlib: no kernel, the XLA path.
+    return None
+  return include if (include / 'xla' / 'ffi' / 'api' / 'ffi.h').is_file() else None
+
+
+def _cpu_flags() -> str:
+  # -march=native code must not be loaded on another CPU sharing the cache directory.
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith(('flags', 'Features')):
+          return line
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _command(cxx: str, include: pathlib.Path, out: pathlib.Path) -> list[str]:
+  return [
+    cxx,
+    '-O3',
+    '-march=native',
+    # No fused multiply-adds: g*dy - mean(g*dy) must cancel exactly where it does in the XLA
+    # path (width 1: dx is 0, not the product's rounding error times 1/sqrt(eps)).
+    '-ffp-contract=off',
+    '-std=c++17',
+    '-shared',
+    '-fPIC',
+    '-isystem',
+    str(include),
+    str(SOURCE),
+    '-o',
+    str(out),
+  ]
+
+
+def library_path(cxx: str, include: pathlib.Path) -> pathlib.Path:
+  """Where the library for this source, jaxlib, compiler and CPU is cached."""
+  key = hashlib.sha256()
+  key.update(SOURCE.read_bytes())
+  key.update(jax.lib.__version__.encode() if hasattr(jax.lib, '__version__') else b'')
+  key.update(jax.__version__.encode())
+  key.update(' '.join(_command(cxx, include, pathlib.Path('out'))).encode())
+  key.update(_cpu_flags().encode())
+  return cache_dir() / f'layer_norm-{key.hexdigest()[:16]}.so'
+
+
+def build(force: bool = False) -> pathlib.Path:
+  """Compiles the kernel library if it is not cached yet; returns its path.
+
+  Raises:
+    RuntimeError: no compiler, no FFI headers, or the compiler failed (with its output).
+  """
+  cxx = compiler()
+  if cxx is None:
+    raise RuntimeError('no C++ compiler found (set CXX, or install g++)')
+  include = headers_dir()
+  if include is None:
+    raise RuntimeError('the installed jaxlib ships no XLA FFI headers (jax.ffi.include_dir())')
+  path = library_path(cxx, include)
+  if path.is_file() and not force:
+    return path
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # Compile to a temporary name and rename: concurrent builders (pytest -n 2) never load a
+  # half-written library.
+  fd, tmp = tempfile.mkstemp(suffix='.so', dir=path.parent)
+  os.close(fd)
+  try:
+    proc = subprocess.run(
+      _command(cxx, include, pathlib.Path(tmp)), capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+      raise RuntimeError(f'compiling {SOURCE.name} failed:\n{proc.stderr[-4000:]}')
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return path
+
+
+@functools.cache
+def _load() -> tuple[bool, str]:
+  try:
+    path = build()
+    lib = ctypes.CDLL(str(path))
+    jax.ffi.register_ffi_target(
+      FWD_TARGET, jax.ffi.pycapsule(lib.LnormLayerNormFwd), platform='cpu'
+    )
+    jax.ffi.register_ffi_target(
+      BWD_TARGET, jax.ffi.pycapsule(lib.LnormLayerNormBwd), platform='cpu'
+    )
+  except Exception as e:  # Any failure: the XLA path, which is always correct.
+    reason = f'{type(e).__name__}: {e}'
+    log.debug('lnorm layer-norm CPU kernel unavailable, using the XLA path: %s', reason)
+    return False, reason
+  log.debug('lnorm layer-norm CPU kernel loaded from %s', path)
+  return True, str(path)
+
+
+def layer_norm_kernel() -> tuple[bool, str]:
+  """``(available, detail)``: builds (once per process) and registers the kernel.
+
+  ``detail`` is the library's path, or why it is unavailable. Does not look at
+  ``$LNORM_LAYER_NORM_KERNEL`` (see :func:`kernel_enabled`).
+  """
+  return _load()
+
+
+def main() -> None:
+  """``python -m lnorm._ffi``: build the kernel now (``make setup``); never fails."""
+  ok, detail = layer_norm_kernel()
+  print(f'lnorm layer-norm CPU kernel: {"built" if ok else "unavailable"} ({detail})')
+  sys.exit(0)
+
+
+if __name__ == '__main__':
+  main()
