@@ -84,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     lr=1e-3,
     seed=0,
     steps=0,
-    epochs=5,
+    epochs=0,
     data_dir=None,
     senteval_dir=None,
     tasks='',
@@ -116,7 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Optimization (Kiros et al.: Adam, gradient norm clipped at 5).
   c.batch_size = a.batch_size or 128
-  c.num_epochs = a.epochs
+  c.num_epochs = a.epochs or 5
   c.num_steps = a.steps  # 0: num_epochs epochs.
   c.update(optimizer_fields(a.lr, grad_clip_norm=5.0))
 
@@ -129,6 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.senteval_dir = a.senteval_dir  # None: found at run time.
   c.senteval_tasks = a.tasks.replace('+', ',') or ALL_TASKS
   c.senteval_every_steps = a.senteval_every or 5000
+  c.senteval_per_epoch = 0  # SentEval points per epoch, besides senteval_every_steps.
   c.senteval_folds = 10
   c.senteval_inner_folds = 5
   c.senteval_max_examples = 0  # 0: all the sentences of MR/CR/SUBJ/MPQA.
@@ -139,8 +140,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.embed_dim = 128
     c.hidden_dim = 256
     c.batch_size = a.batch_size or 64
+    c.num_epochs = a.epochs or 8
     c.senteval_tasks = a.tasks.replace('+', ',') or FIGURE4_TASKS
-    c.senteval_every_steps = a.senteval_every or 80
+    # Once an epoch (with its checkpoint), or every senteval_every steps when given.
+    c.senteval_every_steps = a.senteval_every
+    c.senteval_per_epoch = 0 if a.senteval_every else 1
+    c.evals_per_epoch = c.senteval_per_epoch
     c.senteval_folds = 5
     c.senteval_inner_folds = 2
     c.senteval_max_examples = 2000
@@ -152,7 +157,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.max_length = 12
     c.batch_size = a.batch_size or 8
     c.num_valid = 16
-    c.num_epochs = a.epochs if a.epochs != 5 else 1
+    c.num_epochs = a.epochs or 1
     c.num_steps = a.steps or 8  # Well under a minute whatever corpus is found.
     c.steps_per_call = 2
     c.log_every_steps = 2
@@ -162,7 +167,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.senteval_inner_folds = 2
     c.senteval_max_examples = 100
   c.eval_every_steps = c.senteval_every_steps  # valid/nll at every SentEval point.
-  c.checkpoint_every_steps = c.senteval_every_steps  # Each SentEval point has its checkpoint.
+  # Each SentEval point has its checkpoint (0: at each epoch's end).
+  c.checkpoint_every_steps = c.senteval_every_steps
   return c
 
 

@@ -81,6 +81,7 @@ RESUME_SAFE = (
   'senteval_dir',
   'senteval_tasks',
   'senteval_every_steps',
+  'senteval_per_epoch',
   'senteval_folds',
   'senteval_inner_folds',
   'senteval_max_examples',
@@ -405,7 +406,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name in ('embed_dim', 'hidden_dim', 'vocab_size', 'eval_batch_size'):
     config_args.check_int(name, config[name], minimum=1)
   config_args.check_int('max_length', config.max_length, minimum=2)
-  for name in ('num_steps', 'num_valid', 'senteval_every_steps', 'senteval_max_examples'):
+  for name in (
+    'num_steps',
+    'num_valid',
+    'senteval_every_steps',
+    'senteval_per_epoch',
+    'senteval_max_examples',
+  ):
     config_args.check_int(name, config[name], minimum=0)
   config_args.check_int('eval_every_steps', config.eval_every_steps, minimum=0)
   config_args.check_int('evals_per_epoch', config.evals_per_epoch, minimum=0)
@@ -466,7 +473,13 @@ def make_experiment(
     )
   if senteval_dir:
     evaluators.append(
-      Evaluator('senteval', senteval_scores, config.senteval_every_steps, at_start=True)
+      Evaluator(
+        'senteval',
+        senteval_scores,
+        config.senteval_every_steps,
+        config.senteval_per_epoch,
+        at_start=True,
+      )
     )
   return Experiment(
     init=model.init,

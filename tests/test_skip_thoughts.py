@@ -215,6 +215,27 @@ def test_bad_config_values_fail_clearly(arg, match):
     runner.check_config(st_config.get_config(arg))
 
 
+def test_cpu_size_evaluates_and_checkpoints_once_an_epoch(tmp_path, data_dirs):
+  from lnorm.lab import sharding
+
+  cpu = st_config.get_config('size=cpu')
+  assert (cpu.num_epochs, cpu.senteval_per_epoch, cpu.evals_per_epoch) == (8, 1, 1)
+  assert cpu.senteval_every_steps == cpu.checkpoint_every_steps == 0  # 0: each epoch's end
+  assert st_config.get_config('size=cpu,senteval_every=80').senteval_per_epoch == 0
+  config = _config(data_dirs, 'tasks=MR')
+  config.senteval_every_steps, config.senteval_per_epoch = 0, 1
+  runner.check_config(config)
+  data = st.prepare_data(config, tmp_path, config.data_dir)
+  experiment = st.make_experiment(config, tmp_path, sharding.make_mesh(), data)
+  senteval_eval = next(e for e in experiment.evaluators if e.name == 'senteval')
+  spe = experiment.train.steps_per_epoch
+  due = [s for s in range(1, 3 * spe) if senteval_eval.is_due(s, spe, 10**6)]
+  assert due == [spe, 2 * spe] and senteval_eval.at_start
+  config.senteval_per_epoch = -1
+  with pytest.raises(ValueError, match='senteval_per_epoch must be an integer >= 0'):
+    runner.check_config(config)
+
+
 def test_check_config_catches_overrides():
   config = st_config.get_config('smoke')
   config.max_length = 1
