@@ -3,62 +3,66 @@ r"""Skip-thought vectors, paper §6.3, Table 3 and Figure 4: GRU vs LN-GRU encod
 Run book (from the repository root, with the venv active; data from
 ``$LNORM_DATA_DIR/{books,senteval}`` or ``../shared/data/{books,senteval}``):
 
-  # The CPU-scale run (the one measured here), one per norm:
-  python -m lnorm.main --config=configs/skip_thoughts.py:size=cpu,norm=layer \
-      --workdir=runs/skip_thoughts/cpu-layer
-  python -m lnorm.main --config=configs/skip_thoughts.py:size=cpu,norm=none \
-      --workdir=runs/skip_thoughts/cpu-none
+  # The CPU-scale runs (8 epochs of the book corpus each), one per norm; on two cores,
+  # one per core (they resume: rerun the same command after an interruption):
+  taskset -c 0 python -m lnorm.main --config=configs/skip_thoughts.py:size=cpu,norm=layer \
+      --workdir=runs/skip_thoughts/cpu-layer &
+  taskset -c 1 python -m lnorm.main --config=configs/skip_thoughts.py:size=cpu,norm=none \
+      --workdir=runs/skip_thoughts/cpu-none &
+
+  # The full protocol (10-fold CV on all of MR/CR/SUBJ/MPQA, TREC, SICK) on checkpoints
+  # (steps: multiples of the 867 steps of an epoch; default: the latest), standardized
+  # features, raw features (as SentEval fits them), and the word-embedding ablation:
+  python -m scripts.skip_thoughts_eval --workdir=runs/skip_thoughts/cpu-layer --step=1734,3468
+  python -m scripts.skip_thoughts_eval --workdir=runs/skip_thoughts/cpu-layer --raw
+  python -m scripts.skip_thoughts_eval --workdir=runs/skip_thoughts/cpu-layer --encoder=embeddings
+
+  # The floors: a bag of fixed random word vectors, and restricted to the runs' vocabulary:
+  python scripts/senteval_baseline.py --data_dir ../shared/data/senteval --dim 300 \
+      --json results/senteval_floor_300.json
+  python scripts/senteval_baseline.py --data_dir ../shared/data/senteval --dim 256 \
+      --vocab runs/skip_thoughts/cpu-layer/vocab.json \
+      --json results/senteval_floor_256_books_vocab.json
+
+  # Table 3, Figure 4 and results/skip_thoughts_full.json:
+  python scripts/skip_thoughts_report.py runs/skip_thoughts/cpu-{none,layer} \
+      --floor 'bag of random words, 300-d=results/senteval_floor_300.json' \
+      --out results/skip_thoughts
 
   # The paper's sizes (620-d embeddings, 2400-d GRUs, 20k words; not run here):
   python -m lnorm.main --config=configs/skip_thoughts.py:norm=layer \
       --workdir=runs/skip_thoughts/paper-layer
 
-  # The full SentEval protocol on a checkpoint (default: the latest):
-  python -m scripts.skip_thoughts_eval --workdir=runs/skip_thoughts/cpu-layer
-
-  # Figure 4 and the table from the workdirs:
-  python scripts/compare.py runs/skip_thoughts/cpu-* --x step --panel '' \
-      --metrics senteval/MR,senteval/CR,senteval/SUBJ,senteval/MPQA,senteval/TREC,senteval/SICK_r \
-      --maximize senteval/MR,senteval/CR,senteval/SUBJ,senteval/MPQA,senteval/TREC,senteval/SICK_r \
-      --out results/skip_thoughts
-
-Re-running a command resumes its workdir; ``steps=N`` (or ``--config.num_steps=N``) may
-be raised on resume to train longer (the learning rate is constant).
+Re-running a command resumes its workdir; ``epochs=N`` or ``steps=N`` (or
+``--config.num_steps=N``) may be raised on resume to train longer (the learning rate is
+constant).
 
 Args (comma-separated after the colon): ``norm`` (none|layer, default layer), ``size``
 (paper|cpu|smoke, default paper), ``conditioning`` (every_step|initial_state),
 ``batch_size`` (0: the size's default), ``lr``, ``seed``, ``steps`` (0: ``epochs``
-epochs), ``epochs``, ``data_dir``, ``senteval_dir``, ``tasks`` (SentEval tasks evaluated
-during training, e.g. ``MR+SICK``; ``+`` separates them inside the arg; default all six,
-``size=cpu``: the five of the paper's Figure 4 and Table 3, without TREC),
-``senteval_every`` (steps between SentEval points; 0: the size's default), ``smoke``
-(same as ``size=smoke``).
+epochs), ``epochs`` (0: the size's default: paper 5, cpu 8, smoke 1), ``data_dir``,
+``senteval_dir``, ``tasks`` (SentEval tasks evaluated during training, e.g. ``MR+SICK``;
+``+`` separates them inside the arg; default all six, ``size=cpu``: the five of the
+paper's Figure 4 and Table 3, without TREC), ``senteval_every`` (steps between SentEval
+points; 0: the size's default), ``smoke`` (same as ``size=smoke``).
 
 Sizes:
 
 * ``paper``: 620-d embeddings, 2400-d GRUs, 20,000 words, batch 128, Adam 1e-3 (our
   choice; the paper does not give one here), clipping at 5, sentences of 30 ids.
-* ``cpu``: 128-d embeddings, 256-d GRUs, 10,000 words, batch 64: trains on two shared
-  CPU cores. Periodic SentEval (every 80 steps and at step 0) on MR, CR, SUBJ, MPQA,
-  SICK, with 5-fold outer / 2-fold inner CV on stratified subsets of 2,000 sentences of
-  MR/CR/SUBJ/MPQA (SICK whole); the full protocol on any checkpoint with
-  ``scripts/skip_thoughts_eval.py``.
+* ``cpu``: 128-d embeddings, 256-d GRUs, 10,000 words, batch 64, 8 epochs. Chosen for
+  the corpus and the machine: the 16 books hold 1.45M tokens in 56,532 sentences and
+  34,408 word types; the 10,000 most frequent words cover 97.0% of the tokens and each
+  occurs at least 5 times (20,000 words would add words seen twice; 5,000 would cover
+  93.8% of the corpus but only 74-85% of the SentEval tokens, against 81-90% with
+  10,000). The model has 5.1M parameters (half of them in the 10,003-way output layer);
+  a 2400-d GRU encoder alone would have 22M, some 15 per training token. 8 epochs are
+  6,936 steps (867 an epoch), about 3 hours per run on one core of this machine.
+  Periodic evaluation once an epoch and at step 0: valid/nll and SentEval on MR, CR,
+  SUBJ, MPQA, SICK, with 5-fold outer / 2-fold inner CV on stratified subsets of 2,000
+  sentences of MR/CR/SUBJ/MPQA (SICK whole), each with a checkpoint kept for the full
+  protocol (``scripts/skip_thoughts_eval.py``).
 * ``smoke``: 16-d embeddings, 32-d GRUs, 200 words, batch 8: for tests.
-
-Measured on 2 CPU cores shared with other jobs (load average 3-15), both norms at once:
-16-17 training sentences/s per run (64 per step, ~4 s a step); one periodic SentEval
-point took 1-15 minutes depending on the load (its logistic regressions are most of it).
-The runs of ``results/skip_thoughts.md`` (320 steps, ~0.37 epoch, ~1 hour):
-
-  for n in none layer; do
-    python -m lnorm.main --config=configs/skip_thoughts.py:size=cpu,norm=$n,steps=320 \
-        --workdir=runs/skip_thoughts/cpu-$n &
-  done
-  python scripts/skip_thoughts_report.py runs/skip_thoughts/cpu-none \
-      runs/skip_thoughts/cpu-layer --out results/skip_thoughts
-
-(they were started with ``senteval_every=40`` for steps 0-160 and 80 after; raising
-``steps`` on resume trains further).
 """
 
 from __future__ import annotations
