@@ -132,7 +132,16 @@ def build(force: bool = False) -> pathlib.Path:
   path = library_path(cxx, include)
   if path.is_file() and not force:
     return path
-  path.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+      raise PermissionError(path.parent)
+  except OSError:  # A read-only home: this user's folder in the temp directory instead.
+    fallback = pathlib.Path(tempfile.gettempdir()) / f'lnorm-ffi-{os.getuid()}'
+    path = fallback / path.name
+    if path.is_file() and not force:
+      return path
+    path.parent.mkdir(parents=True, exist_ok=True)
   # Compile to a temporary name and rename: concurrent builders (pytest -n 2) never load a
   # half-written library.
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=path.parent)

@@ -160,14 +160,34 @@ def _flax_layer_norm(dtype):
   return lambda x, s, b: module.apply({'params': {'scale': s, 'bias': b}}, x)
 
 
+def _layer_norm_xla_path(x, s, b):
+  """``lnorm.layer_norm`` without the C++ CPU kernel: its XLA path, CPU-tuned fusions.
+
+  ``layer_norm_fusion('cpu')`` is what the default mode compiles to on CPU where the
+  kernel does not run (float32 takes the kernel by default; bfloat16 is the same either way).
+  """
+  with F.layer_norm_fusion('cpu'):
+    return F.layer_norm(x, s, b)
+
+
 def _layer_norm_fns(dtype):
   """name -> (kind, function of (x, s, b) or (x, s, b, dy)) for one input dtype."""
   f32 = jnp.float32
   ours = lambda x, s, b: F.layer_norm(x, s, b)  # noqa: E731
   reference = lambda x, s, b: F.layer_norm_reference(x, s, b)  # noqa: E731
   flax_ln = _flax_layer_norm(dtype)
+  # The kernel runs only for float32: for bfloat16 these rows would repeat 'ours'.
+  xla_path = (
+    {
+      'fwd ours (XLA path)': ('fwd', _layer_norm_xla_path),
+      'fwd+bwd ours (XLA path)': ('fwdbwd', _vjp_all(_layer_norm_xla_path)),
+    }
+    if jnp.dtype(dtype) == jnp.float32
+    else {}
+  )
   return {
     'fwd ours': ('fwd', ours),
+    **xla_path,
     'fwd flax': ('fwd', flax_ln),
     'fwd same-bytes op': ('fwd', lambda x, s, b: (x.astype(f32) * s + b).astype(x.dtype)),
     'fwd+bwd ours': ('fwdbwd', _vjp_all(ours)),
@@ -272,8 +292,9 @@ def section_layer_norm(cfg: Config) -> Section:
         compiled.append(B.compile_fn(name, fn, *args))
       for name, (_, fn) in _torch_layer_norm_fns(x, s, b, dy).items():
         compiled.append(B.eager(name, fn))
-      for name, fn in (('ours', fns['fwd ours'][1]), ('flax', fns['fwd flax'][1])):
-        residuals[f'fwd+bwd {name}'] = B.residual_bytes(fn, x, s, b)
+      for name, (_, fn) in fns.items():
+        if name.startswith('fwd ') and not name.startswith('fwd same-bytes'):
+          residuals['fwd+bwd' + name[len('fwd') :]] = B.residual_bytes(fn, x, s, b)
       residuals['fwd+bwd autodiff'] = B.residual_bytes(
         lambda x, s, b: F.layer_norm_reference(x, s, b), x, s, b
       )
@@ -330,6 +351,9 @@ def section_layer_norm(cfg: Config) -> Section:
             f'LN fwd+bwd / flax fwd+bwd, {tag}',
             med['fwd+bwd ours'] / med['fwd+bwd flax'],
             0.6,
+            f'XLA path / flax: {med["fwd+bwd ours (XLA path)"] / med["fwd+bwd flax"]:.2f}x; '
+            'ours / XLA path: '
+            f'{med["fwd+bwd ours"] / med["fwd+bwd ours (XLA path)"]:.2f}x',
           ),
           _target(
             f'LN fwd+bwd / same-bytes op (x,dy->y,dx), {tag}',
@@ -337,7 +361,13 @@ def section_layer_norm(cfg: Config) -> Section:
             1.5,
             f'vs (x,dy->dx): {med["fwd+bwd ours"] / med["fwd+bwd same-bytes op (x,dy->dx)"]:.2f}x',
           ),
-          _target(f'LN fwd / flax fwd, {tag}', med['fwd ours'] / med['fwd flax'], 1.0),
+          _target(
+            f'LN fwd / flax fwd, {tag}',
+            med['fwd ours'] / med['fwd flax'],
+            1.0,
+            f'XLA path / flax: {med["fwd ours (XLA path)"] / med["fwd flax"]:.2f}x; '
+            f'ours / XLA path: {med["fwd ours"] / med["fwd ours (XLA path)"]:.2f}x',
+          ),
           _target(
             f'LN fwd+bwd / torch fwd+bwd, {tag}',
             med['fwd+bwd ours'] / med['fwd+bwd torch'],
@@ -363,7 +393,10 @@ def section_layer_norm(cfg: Config) -> Section:
       'under `no_grad`, forward+backward with `torch.autograd.grad` for x and the',
       'float32 gains and biases; "vs torch" is against its forward or forward+backward.',
       'The 3-D shape is a transformer-sized activation (batch 64, 128 tokens, width',
-      '768), normalized over the last axis.',
+      '768), normalized over the last axis. "ours" runs the C++ CPU kernel for float32',
+      '(`lnorm/csrc/layer_norm.cc`: one pass forward, one backward); "ours (XLA path)"',
+      "is the same function without it (`layer_norm_fusion('cpu')`, what",
+      '`LNORM_LAYER_NORM_KERNEL=xla` or a machine without a compiler gets).',
       '',
       B.markdown_table(header, rows),
     ]

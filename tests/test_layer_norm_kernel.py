@@ -21,6 +21,12 @@ AVAILABLE, DETAIL = _ffi.layer_norm_kernel()
 needs_kernel = pytest.mark.skipif(not AVAILABLE, reason=f'CPU kernel unavailable: {DETAIL}')
 
 
+@pytest.fixture(autouse=True)
+def kernel_at_every_size(monkeypatch):
+  """The kernel for the small shapes of these tests (by default from 2^18 elements)."""
+  monkeypatch.setattr(F, '_KERNEL_MIN_SIZE', 1)
+
+
 @pytest.fixture
 def xla_path(monkeypatch):
   """Calls traced while the fixture's ``.on()`` is active take the XLA path."""
@@ -106,6 +112,18 @@ def test_other_dtypes_and_axes_take_the_xla_path():
     assert 'custom_call' not in jax.jit(fn).lower().as_text()
   with F.layer_norm_fusion('cpu'):  # An explicit fusion mode asks for the XLA formulation.
     assert 'custom_call' not in jax.jit(lambda: F.layer_norm(x, g, b)).lower().as_text()
+
+
+@needs_kernel
+def test_small_inputs_take_the_xla_path_by_default(monkeypatch):
+  monkeypatch.undo()  # The default threshold.
+  assert F._KERNEL_MIN_SIZE > 8 * 32
+  x, g, b, dy = _inputs((8, 32))
+  assert 'custom_call' not in _hlo(_vjp, x, g, b, dy)
+  x, g, b, dy = (
+    jax.ShapeDtypeStruct(s, jnp.float32) for s in ((512, 512), (512,), (512,), (512, 512))
+  )
+  assert _ffi.BWD_TARGET in _hlo(_vjp, x, g, b, dy)
 
 
 @needs_kernel

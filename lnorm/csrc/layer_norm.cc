@@ -55,6 +55,8 @@ constexpr int64_t kLanes = 16;
 // Below this many elements per chunk, handing a chunk to another thread costs more than
 // it saves (measured with scripts/bench.py).
 constexpr int64_t kMinChunkElements = 1 << 15;
+// Chunks per pool thread, at most (see NumChunks).
+constexpr int64_t kChunksPerThread = 8;
 // Rows added in float32 before a column partial is flushed into float64.
 constexpr int64_t kFlushRows = 16;
 
@@ -131,10 +133,14 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t num_chunks, const std::function<
   state->cv.wait(lock, [&] { return state->done.load() == num_chunks; });
 }
 
+// Several chunks per thread: on a shared machine a thread may be descheduled, and the
+// others then claim its share instead of waiting for it (one chunk per thread left the
+// caller idle for up to half the run at load 5 on 2 cores).
 int64_t NumChunks(ffi::ThreadPool& pool, int64_t rows, int64_t cols) {
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  if (threads == 1) return 1;
   const int64_t by_size = std::max<int64_t>(1, rows * cols / kMinChunkElements);
-  return std::max<int64_t>(1, std::min({rows, by_size, threads}));
+  return std::max<int64_t>(1, std::min({rows, by_size, kChunksPerThread * threads}));
 }
 
 int64_t Rows(ffi::Buffer<ffi::F32>& x) {
