@@ -281,3 +281,17 @@ def test_eager_calls_and_the_residuals(capsys):
   shapes = sorted(line.split(' ')[0] for line in capsys.readouterr().out.strip().splitlines())
   # As the XLA path: x, the gain, and per row the pivot, mean and rstd.
   assert shapes == sorted(['f32[64,32]', 'f32[1,32]', 'f32[64,1]', 'f32[64,1]', 'f32[64,1]'])
+
+
+def test_a_failed_build_falls_back_to_the_xla_path(monkeypatch, tmp_path):
+  # A compiler that fails: build() says why; layer_norm quietly takes the XLA path.
+  monkeypatch.setenv('CXX', 'false')
+  monkeypatch.setenv('LNORM_CACHE_DIR', str(tmp_path))
+  if _ffi.headers_dir() is not None:
+    with pytest.raises(RuntimeError, match='failed'):
+      _ffi.build()
+  monkeypatch.setattr(_ffi, 'layer_norm_kernel', lambda: (False, 'RuntimeError: test'))
+  x, g, b, dy = _inputs((8, 32))
+  assert 'custom_call' not in _hlo(_vjp, x, g, b, dy)
+  want = _vjp(x, g, b, dy)
+  _close(want, [F.layer_norm_reference(x, g, b), *want[1:]])
