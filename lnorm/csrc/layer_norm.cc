@@ -52,8 +52,8 @@ namespace {
 // Independent accumulators per reduction: the compiler keeps them in vector registers
 // without reassociating float math (no -ffast-math needed).
 constexpr int64_t kLanes = 16;
-// Below this many elements per chunk, handing a chunk to another thread costs more than
-// it saves (measured with scripts/bench.py).
+// At least this many elements (128 KiB) per chunk: below it, handing a chunk to another
+// thread costs about what it saves (a round number, not tuned).
 constexpr int64_t kMinChunkElements = 1 << 15;
 // Chunks per pool thread, at most (see NumChunks).
 constexpr int64_t kChunksPerThread = 8;
