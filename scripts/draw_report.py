@@ -138,6 +138,31 @@ def plot_pictures(runs, out_samples: pathlib.Path, out_canvas: pathlib.Path) -> 
   fig.savefig(out_canvas, dpi=110)
 
 
+def catch_up_line(runs) -> str:
+  """How soon LN reached the baseline's last test bound (the paper: about twice as fast).
+
+  The first evaluation of the LN run whose test bound is at or below the baseline's at
+  the baseline's last evaluation, as a fraction of the baseline's epochs and wall time;
+  '' without both runs.
+  """
+  by_norm = {run['norm']: run['rows'] for run in runs}
+  if not by_norm.get('none') or not by_norm.get('layer'):
+    return ''
+  last = by_norm['none'][-1]
+  hit = next((r for r in by_norm['layer'] if r['test/bound'] <= last['test/bound']), None)
+  head = (
+    f"**LN vs the baseline's last test bound** ({last['test/bound']:.2f} nats at epoch "
+    f'{last["epoch"]:.2f}): '
+  )
+  if hit is None:
+    return head + 'LN has not reached it yet.'
+  return head + (
+    f'LN reached {hit["test/bound"]:.2f} at epoch {hit["epoch"]:.2f}, '
+    f"{hit['epoch'] / last['epoch']:.2f} of the baseline's epochs and "
+    f'{hit["wall_s"] / last["wall_s"]:.2f} of its wall time.'
+  )
+
+
 def tables(runs, bench: dict | None) -> str:
   out = []
   c = runs[0]['config']
@@ -163,6 +188,9 @@ def tables(runs, bench: dict | None) -> str:
       f'{r["test/kl"]:.2f} | {PAPER_TEST_BOUND[run["norm"]]} |'
     )
   out.append('')
+  catch_up = catch_up_line(runs)
+  if catch_up:
+    out.append(catch_up + '\n')
   out.append('**Every evaluation (valid / test bound, nats)**\n')
   by_step: dict[int, dict] = {}
   for run in runs:

@@ -504,3 +504,21 @@ def test_smoke_end_to_end_through_main(tmp_path):
   final = json.loads((workdir / 'final.json').read_text())
   assert final['step'] == 8 and not final['diverged']
   assert sorted(p.name for p in (workdir / 'images').iterdir()) == ['canvas-8.png', 'samples-8.png']
+
+
+def test_report_catch_up_line():
+  from scripts import draw_report
+
+  def rows(bounds):
+    return [{'epoch': e, 'wall_s': 60.0 * e, 'test/bound': b} for e, b in enumerate(bounds, 1)]
+
+  runs = [
+    {'norm': 'none', 'rows': rows([200, 150, 130, 120])},
+    {'norm': 'layer', 'rows': rows([190, 125, 110, 100])},
+  ]
+  line = draw_report.catch_up_line(runs)
+  assert 'LN reached 110.00 at epoch 3.00, 0.75 of the baseline' in line
+  runs[1]['rows'] = rows([190, 180])
+  assert line != draw_report.catch_up_line(runs)
+  assert draw_report.catch_up_line(runs).endswith('LN has not reached it yet.')
+  assert draw_report.catch_up_line(runs[:1]) == ''
