@@ -17,8 +17,10 @@ The first run prepares the tfds builder from the ``.amat`` files (about 20 s, no
 TensorFlow, sha256 checked) into ``$LNORM_TFDS_DIR`` or ``~/tensorflow_datasets``.
 Cost: about 371 MFLOP of matrix products per training image (3x the forward pass's 124
 MFLOP; ``experiments.draw.matmul_flops_per_image``), about 18.5 TFLOP per epoch and 3.7
-PFLOP for 200 epochs (on the 2 shared CPU cores here it trained at 28-45 images/s, 20-30
-minutes per epoch); both runs are resumable (rerun the same command). The paper
+PFLOP for 200 epochs (on the 2 CPU cores here: 214-226 images/s for one run on both idle
+cores, about 4 minutes per epoch; two runs side by side, one core each with ``taskset``,
+took 6.5-7 minutes per epoch with the evaluation; ``results/draw.md`` has 10 epochs of
+each); both runs are resumable (rerun the same command). The paper
 reports the test bound after 200 epochs: 82.36 nats (baseline) and 82.09 nats (LN), with
 LN converging about twice as fast over the first 100 epochs. The validation and test
 bounds are evaluated after every epoch (``evals_per_epoch``), with sample images and the
