@@ -78,13 +78,15 @@ def full_protocol_files(workdir: str | pathlib.Path) -> dict:
   return out
 
 
-def read_floor(spec: str) -> tuple[str, dict]:
-  """``'LABEL=PATH'`` of a ``scripts/senteval_baseline.py --json`` file -> (label, values)."""
+def read_floor(spec: str) -> tuple[str, dict, bool]:
+  """``'LABEL=PATH'`` of a ``scripts/senteval_baseline.py --json`` file -> (label, values,
+  standardized: False for a ``--raw`` file, which belongs in the raw-features table)."""
   label, sep, path = spec.rpartition('=')
   if not sep or not label:
     raise SystemExit(f'--floor takes LABEL=PATH, got {spec!r}')
-  results = json.loads(pathlib.Path(path).read_text())['results']
-  return label, table3_values(senteval.flat_metrics(results))
+  record = json.loads(pathlib.Path(path).read_text())
+  standardized = not record.get('args', {}).get('raw', False)
+  return label, table3_values(senteval.flat_metrics(record['results'])), standardized
 
 
 def epoch_of(run: compare.RunData, step: int) -> float | None:
@@ -186,7 +188,10 @@ def main(argv=None):
   runs = compare.load_runs(args.workdirs)
   full = {run.name: full_protocol_files(run.path) for run in runs}
   floors = [read_floor(spec) for spec in args.floor]
-  floor_rows = [(label, 'no training', values) for label, values in floors]
+  floor_rows = {
+    std: [(label, 'no training', values) for label, values, s in floors if s == std]
+    for std in (True, False)
+  }
 
   have = compare.available_metrics(runs)
   groups = compare.group_runs(runs, ('norm',), ())
@@ -202,11 +207,11 @@ def main(argv=None):
     if not rows:
       continue
     md += [f'## Table 3 layout, full protocol, {title}\n']
-    md += [table3(paper_rows() + floor_rows + rows)]
+    md += [table3(paper_rows() + floor_rows[standardize] + rows)]
   ablation = run_rows(runs, full, (True, 'embeddings'))
   if ablation:
     md += ['## Ablation: the mean of each model’s own word embeddings (standardized)\n']
-    md += [table3(floor_rows + ablation + run_rows(runs, full, (True, 'gru')))]
+    md += [table3(floor_rows[True] + ablation + run_rows(runs, full, (True, 'gru')))]
   periodic = [m for m in PERIODIC if m in have]
   if periodic:
     summaries = compare.summarize(groups, periodic, HIGHER)

@@ -48,9 +48,12 @@ def test_report_table3_full_json_and_grid(tmp_path):
   floor.write_text(json.dumps({'results': {
     'MR': {'accuracy': 62.8}, 'SICK': {'pearson': 0.725, 'spearman': 0.6, 'mse': 0.5},
   }}))  # fmt: skip
+  floor_raw = tmp_path / 'floor_raw.json'
+  floor_raw.write_text(json.dumps({'args': {'raw': True}, 'results': {'MR': {'accuracy': 61.0}}}))
   out = tmp_path / 'out' / 'st'
   out.parent.mkdir()
-  report.main([*map(str, runs), '--floor', f'bag, 300-d={floor}', '--out', str(out)])
+  report.main([*map(str, runs), '--floor', f'bag, 300-d={floor}', '--floor',
+               f'raw bag={floor_raw}', '--out', str(out)])  # fmt: skip
 
   final = json.loads((tmp_path / 'out' / 'st_full.json').read_text())
   assert set(final) == {'none', 'layer'}
@@ -65,6 +68,8 @@ def test_report_table3_full_json_and_grid(tmp_path):
   assert 'step 999' not in md  # not the full protocol
   raw = md.split('raw features')[1].split('##')[0]
   assert '| GRU, this project | step 200 (2.00 epochs) | 0.490 |' in raw
+  assert 'bag, 300-d' not in raw  # a standardized floor stays out of the raw table
+  assert '| raw bag | no training |' in raw and 'raw bag' not in std
   assert 'GRU (embeddings mean), this project | step 200' in md
   png = (tmp_path / 'out' / 'st.png').read_bytes()
   assert png[:8] == b'\x89PNG\r\n\x1a\n'
