@@ -29,6 +29,8 @@ positions are masked out, and the encoder reads with ``seq_lengths``, so padding
 changes a result. Adam, gradient clipping by global norm at 5, sentences cut to 30 ids
 (29 words + ``<eos>``), every batch padded to 30: one static shape under jit (bucketing
 would save little here, since the three sentences of a triple have unrelated lengths).
+The output layer, most of the cost, runs only on the real target tokens
+(:func:`sequence_nll`, ``config.decoder_token_capacity``).
 
 Data: (previous, current, next) triples of :mod:`lnorm.lab.data.books` from
 ``config.data_dir`` (default ``$LNORM_DATA_DIR/books``). The first run in a workdir
@@ -49,10 +51,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -78,6 +81,7 @@ CORPUS_FILE = 'corpus.npz'
 #: Fields that change neither the data order nor the updates (beyond the trainer's own).
 RESUME_SAFE = (
   'num_steps',
+  'decoder_token_capacity',  # Changes what the output layer computes on, not the numbers.
   'senteval_dir',
   'senteval_tasks',
   'senteval_every_steps',
@@ -132,8 +136,9 @@ class SkipThoughts(nn.Module):
     carry, _ = self.encoder(self.embed(ids), seq_lengths=lengths)
     return carry
 
-  def decode(self, which: str, vectors: jax.Array, targets: jax.Array) -> jax.Array:
-    """Teacher-forced logits ``<float32>[batch, time, vocab]`` of ``<int32>[batch, time]`` targets.
+  def decode_states(self, which: str, vectors: jax.Array, targets: jax.Array) -> jax.Array:
+    """Teacher-forced decoder states ``<float32>[batch, time, hidden]`` for
+    ``<int32>[batch, time]`` targets (their logits: :meth:`logits`).
 
     The input at step ``t`` is the embedding of ``targets[:, t - 1]`` (zeros at ``t = 0``),
     concatenated with ``vectors`` ``<float32>[batch, hidden]`` (``every_step``), or
@@ -144,19 +149,31 @@ class SkipThoughts(nn.Module):
     y = jnp.concatenate([jnp.zeros_like(y[:, :1]), y[:, :-1]], axis=1)
     if self.conditioning == 'every_step':
       cond = jnp.broadcast_to(vectors[:, None, :], (*y.shape[:2], vectors.shape[-1]))
-      states = decoder(jnp.concatenate([y, cond.astype(y.dtype)], axis=-1))
-    else:
-      states = decoder(y, initial_carry=vectors)
+      return decoder(jnp.concatenate([y, cond.astype(y.dtype)], axis=-1))
+    return decoder(y, initial_carry=vectors)
+
+  def decoder_states(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """The decoders' states ``d_t`` for the previous and the next sentence, each
+    ``<float32>[batch, time, hidden]`` (``batch`` as in :meth:`__call__`)."""
+    vectors = self.encode(batch['cur'], batch['cur_len'])
+    return (
+      self.decode_states('prev', vectors, batch['prev']),
+      self.decode_states('next', vectors, batch['next']),
+    )
+
+  def logits(self, states: jax.Array) -> jax.Array:
+    """The output layer ``W_o d + b_o``: ``<float32>[..., hidden]`` -> ``[..., vocab]``."""
     return self.output(states)
 
   def __call__(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Logits of the previous and the next sentence, each ``<float32>[batch, time, vocab]``.
 
     ``batch`` holds ``<int32>[batch, time]`` ids ``prev``, ``cur``, ``next`` and their
-    ``<int32>[batch]`` lengths ``prev_len``, ``cur_len``, ``next_len``.
+    ``<int32>[batch]`` lengths ``prev_len``, ``cur_len``, ``next_len``. Training computes
+    the output layer at real tokens only (:func:`sequence_nll`), not through this.
     """
-    vectors = self.encode(batch['cur'], batch['cur_len'])
-    return self.decode('prev', vectors, batch['prev']), self.decode('next', vectors, batch['next'])
+    states_prev, states_next = self.decoder_states(batch)
+    return self.logits(states_prev), self.logits(states_next)
 
 
 def make_model(config: ml_collections.ConfigDict, vocab_size: int) -> SkipThoughts:
@@ -171,38 +188,113 @@ def make_model(config: ml_collections.ConfigDict, vocab_size: int) -> SkipThough
   )
 
 
-def token_nll(logits: jax.Array, targets: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ...]:
-  """Per-sentence summed NLL ``<float32>[batch]`` and token counts ``<float32>[batch]``.
+def token_capacity(fraction: float, batch_size: int, max_length: int) -> int:
+  """How many real target tokens of a batch the packed output layer holds:
+  ``ceil(fraction * 2 * batch_size * max_length)`` (two target sentences per triple)."""
+  return max(1, math.ceil(fraction * 2 * batch_size * max_length))
 
-  Positions ``t >= lengths[b]`` are masked out.
+
+def sequence_nll(
+  project: Callable[[jax.Array], jax.Array],
+  states: jax.Array,
+  targets: jax.Array,
+  lengths: jax.Array,
+  capacity: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Per-sentence summed NLL of ``targets`` under ``softmax(project(states))``, and token counts.
+
+  ``-sum_{t < lengths[n]} log softmax(project(states[n, t]))[targets[n, t]]`` for each
+  sentence ``n``: positions ``t >= lengths[n]`` (padding) never count.
+
+  The output layer ``project`` (``<float32>[K, H] -> [K, V]``) is four fifths of a
+  training step's FLOPs, and a third of the positions of a batch of the book corpus are
+  padding (sentences of 19.3 ids on average, padded to 30). So it runs only on the real
+  positions: their states are gathered, in order, into a ``[capacity, H]`` block (rows past
+  the batch's count are masked out). A batch with more real tokens than ``capacity`` takes
+  the unpacked path (all ``N * T`` positions, padding masked): the numbers are the same
+  either way up to float rounding, only the cost differs. ``capacity=None``: always unpacked.
+
+  Args:
+    project: the output layer, applied to ``<float32>[K, H]`` rows.
+    states: ``<float32>[N, T, H]`` the decoders' states.
+    targets: ``<int32>[N, T]`` the ids each state predicts.
+    lengths: ``<int32>[N]`` the real tokens of each sentence.
+    capacity: the packed block's rows (static), e.g. :func:`token_capacity`.
+
+  Returns:
+    ``(nll_sum, tokens)``, each ``<float32>[N]``.
   """
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  mask = jnp.arange(targets.shape[1])[None, :] < lengths[:, None]
-  return jnp.sum(jnp.where(mask, nll, 0.0), axis=1), jnp.sum(mask, axis=1).astype(jnp.float32)
+  states, targets, lengths = jnp.asarray(states), jnp.asarray(targets), jnp.asarray(lengths)
+  n, t, h = states.shape
+  flat_states, flat_targets = states.reshape(n * t, h), targets.reshape(n * t)
+  real = (jnp.arange(t)[None, :] < lengths[:, None]).reshape(n * t)
+  count = jnp.sum(real)
+
+  def sums(rows: jax.Array, keep: jax.Array) -> jax.Array:
+    logits = project(flat_states[rows]).astype(jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, flat_targets[rows])
+    return jax.ops.segment_sum(jnp.where(keep, nll, 0.0), rows // t, num_segments=n)
+
+  def unpacked():
+    return sums(jnp.arange(n * t), real)
+
+  if capacity is None or capacity >= n * t:
+    nll_sum = unpacked()
+  else:
+
+    def packed():
+      rows = jnp.nonzero(real, size=capacity, fill_value=0)[0]
+      return sums(rows, jnp.arange(capacity) < count)
+
+    nll_sum = jax.lax.cond(count <= capacity, packed, unpacked)
+  return nll_sum, jnp.sum(real.reshape(n, t), axis=1).astype(jnp.float32)
 
 
-def make_loss_fn(model: SkipThoughts) -> LossFn:
-  """``(params, model_state, batch, rng) -> (per-token NLL, ({prev_nll, next_nll}, {}))``."""
+def triple_nll(
+  model: SkipThoughts, params: Any, batch: dict[str, jax.Array], capacity_fraction: float | None
+) -> tuple[jax.Array, ...]:
+  """Summed NLL and token counts of each triple's previous and next sentence.
+
+  Both decoders' states go through the output layer together (one ``[K, H] x [H, V]``
+  matmul); ``capacity_fraction`` sizes the packed block (:func:`sequence_nll`; ``None``:
+  unpacked). Returns ``(nll_prev, tokens_prev, nll_next, tokens_next)``, each
+  ``<float32>[batch]``.
+  """
+  states_prev, states_next = model.apply({'params': params}, batch, method=model.decoder_states)
+  b, t = batch['prev'].shape
+  capacity = None if capacity_fraction is None else token_capacity(capacity_fraction, b, t)
+  nll, tokens = sequence_nll(
+    lambda x: model.apply({'params': params}, x, method=model.logits),
+    jnp.concatenate([states_prev, states_next]),
+    jnp.concatenate([batch['prev'], batch['next']]),
+    jnp.concatenate([batch['prev_len'], batch['next_len']]),
+    capacity,
+  )
+  return nll[:b], tokens[:b], nll[b:], tokens[b:]
+
+
+def make_loss_fn(model: SkipThoughts, capacity_fraction: float | None = None) -> LossFn:
+  """``(params, model_state, batch, rng) -> (per-token NLL, ({prev_nll, next_nll}, {}))``.
+
+  ``capacity_fraction``: the packed output layer's share of the batch's target positions
+  (``config.decoder_token_capacity``; :func:`sequence_nll`); ``None``: unpacked.
+  """
 
   def loss_fn(params, model_state, batch, rng):
     del rng  # Deterministic.
-    logits_prev, logits_next = model.apply({'params': params}, batch)
-    sp, np_ = token_nll(logits_prev, batch['prev'], batch['prev_len'])
-    sn, nn_ = token_nll(logits_next, batch['next'], batch['next_len'])
+    sp, np_, sn, nn_ = triple_nll(model, params, batch, capacity_fraction)
     loss = (sp.sum() + sn.sum()) / (np_.sum() + nn_.sum())
     return loss, ({'prev_nll': sp.sum() / np_.sum(), 'next_nll': sn.sum() / nn_.sum()}, model_state)
 
   return loss_fn
 
 
-def make_eval_fn(model: SkipThoughts):
+def make_eval_fn(model: SkipThoughts, capacity_fraction: float | None = None):
   """A jitted ``(state, batch) -> {'nll_sum', 'tokens'}``, each ``<float32>[batch]``."""
 
   @jax.jit
   def eval_fn(state, batch):
-    logits_prev, logits_next = model.apply({'params': state.params}, batch)
-    sp, np_ = token_nll(logits_prev, batch['prev'], batch['prev_len'])
-    sn, nn_ = token_nll(logits_next, batch['next'], batch['next_len'])
+    sp, np_, sn, nn_ = triple_nll(model, state.params, batch, capacity_fraction)
     return {'nll_sum': sp + sn, 'tokens': np_ + nn_}
 
   return eval_fn
@@ -420,6 +512,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   config_args.check_int('senteval_folds', config.senteval_folds, minimum=2)
   config_args.check_int('senteval_inner_folds', config.senteval_inner_folds, minimum=2)
   config_args.check_positive('norm_epsilon', config.norm_epsilon)
+  capacity = config.decoder_token_capacity
+  if not isinstance(capacity, (int, float)) or isinstance(capacity, bool) or not 0 < capacity <= 1:
+    raise ValueError(
+      f'decoder_token_capacity must be a fraction in (0, 1] (of the target positions of a '
+      f'batch the packed output layer holds; 1: all of them), got {capacity!r}.'
+    )
   parse_tasks(config.senteval_tasks)
 
 
@@ -449,7 +547,7 @@ def make_experiment(
 
   module = make_model(config, len(data['vocab']))
   model = models.linen(module, sample_batch(config.max_length))
-  eval_fn = make_eval_fn(module)
+  eval_fn = make_eval_fn(module, config.decoder_token_capacity)
   centers = data['train']
 
   def valid_nll(state):
@@ -483,7 +581,7 @@ def make_experiment(
     )
   return Experiment(
     init=model.init,
-    loss=make_loss_fn(module),
+    loss=make_loss_fn(module, config.decoder_token_capacity),
     train=batching.shuffled(
       len(centers),
       config.batch_size,

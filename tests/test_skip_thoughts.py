@@ -241,6 +241,11 @@ def test_check_config_catches_overrides():
   config.max_length = 1
   with pytest.raises(ValueError, match='max_length must be an integer >= 2'):
     runner.check_config(config)
+  for bad in (0.0, 1.5, -0.25):
+    config = st_config.get_config('smoke')
+    config.decoder_token_capacity = bad
+    with pytest.raises(ValueError, match=r'decoder_token_capacity must be a fraction in \(0, 1\]'):
+      runner.check_config(config)
 
 
 def test_end_to_end_through_main_and_evaluate_checkpoint(tmp_path, data_dirs):
@@ -310,3 +315,85 @@ def test_paper_sizes_clipping_and_sentence_length():
   ids, lengths = st.encode_corpus([[f'w{i}' for i in range(50)], ['w1']], vocab, 30)
   assert ids.shape == (2, 30) and lengths.tolist() == [30, 2]  # 29 words + <eos>.
   assert ids[0, 29] == text_lib.EOS_ID and ids[1, 1] == text_lib.EOS_ID
+
+
+def _nll_reference(states, targets, lengths, w, b):
+  """Per-sentence summed NLL in float64 numpy, written out from the softmax."""
+  logits = states.astype(np.float64) @ w.astype(np.float64) + b.astype(np.float64)
+  logits -= logits.max(axis=-1, keepdims=True)
+  logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+  picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  real = np.arange(targets.shape[1])[None, :] < lengths[:, None]
+  return -(picked * real).sum(axis=1), real.sum(axis=1)
+
+
+@pytest.mark.parametrize('capacity', [None, 13, 14, 15, 40])
+def test_sequence_nll_packs_real_tokens_exactly(capacity):
+  """Packed (capacity >= the 14 real tokens), overflowing (13: the unpacked path) and
+  unpacked runs give the float64 reference's values and gradients; padding never counts."""
+  rng = np.random.default_rng(0)
+  n, t, h, v = 4, 5, 3, 7
+  states = rng.normal(size=(n, t, h)).astype(np.float32)
+  targets = rng.integers(0, v, (n, t)).astype(np.int32)
+  lengths = np.array([5, 1, 3, 5], np.int32)  # 14 real tokens of 20.
+  w = rng.normal(size=(h, v)).astype(np.float32)
+  b = rng.normal(size=v).astype(np.float32)
+  weights = np.arange(1.0, n + 1)  # A weighted sum tells the sentences' sums apart.
+
+  def total(w, b, states):
+    nll, tokens = st.sequence_nll(lambda x: x @ w + b, states, targets, lengths, capacity)
+    return jnp.sum(nll * weights), (nll, tokens)
+
+  (_, (nll, tokens)), grads = jax.jit(jax.value_and_grad(total, (0, 1, 2), has_aux=True))(
+    w, b, states
+  )
+  ref_nll, ref_tokens = _nll_reference(states, targets, lengths, w, b)
+  np.testing.assert_allclose(nll, ref_nll, rtol=1e-6)
+  np.testing.assert_array_equal(tokens, ref_tokens)
+
+  args64 = [w.astype(np.float64), b.astype(np.float64), states.astype(np.float64)]
+  rng_idx = np.random.default_rng(1)
+  for i, g in enumerate(grads):  # Central differences in float64 at three entries of each.
+    for _ in range(3):
+      idx = tuple(int(rng_idx.integers(d)) for d in args64[i].shape)
+      hi, lo = [a.copy() for a in args64], [a.copy() for a in args64]
+      hi[i][idx] += 1e-4
+      lo[i][idx] -= 1e-4
+      f = lambda a: _nll_reference(a[2], targets, lengths, a[0], a[1])[0] @ weights
+      assert float(g[idx]) == pytest.approx((f(hi) - f(lo)) / 2e-4, rel=1e-4, abs=1e-5)
+  # Padded positions get no gradient, and what they hold never matters.
+  pad = np.arange(t)[None, :] >= lengths[:, None]
+  assert np.all(np.asarray(grads[2])[pad] == 0.0)
+  garbage = np.where(pad[..., None], 1e3, states).astype(np.float32)
+  np.testing.assert_allclose(total(w, b, garbage)[1][0], nll, rtol=1e-6)
+
+
+def test_packed_loss_equals_unpacked_loss_and_gradients():
+  """The training loss with the packed output layer (the config's default) is the unpacked
+  one, in value, both metrics and every parameter's gradient."""
+  model, params = _model_and_params('layer')
+  rng = np.random.default_rng(0)
+  seqs = [list(rng.integers(3, 50, rng.integers(1, 11))) + [text_lib.EOS_ID] for _ in range(9)]
+  ids, lengths = text_lib.pad_batch(seqs, length=12)
+  batch = st.triple_batch({'ids': ids, 'lengths': lengths}, np.arange(1, 8))
+  fraction = st_config.get_config('smoke').decoder_token_capacity
+  assert fraction < 1 and st.token_capacity(fraction, 7, 12) >= sum(
+    int(n) for n in np.concatenate([batch['prev_len'], batch['next_len']])
+  )  # This batch fits the packed block: the packed path is what runs.
+  results = []
+  for capacity in (None, fraction):
+    f = lambda p, c=capacity: st.make_loss_fn(model, c)(p, {}, batch, None)
+    results.append(jax.jit(jax.value_and_grad(f, has_aux=True))(params))
+  (loss, (m, _)), grads = results[0]
+  (loss_p, (m_p, _)), grads_p = results[1]
+  assert float(loss_p) == pytest.approx(float(loss), rel=1e-6)
+  for k in m:
+    assert float(m_p[k]) == pytest.approx(float(m[k]), rel=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads, grads_p)
+  # The unpacked loss is the mean NLL of the full logits the model's __call__ gives.
+  logits_prev, logits_next = model.apply({'params': params}, batch)
+  lp = jax.nn.log_softmax(jnp.concatenate([logits_prev, logits_next]))
+  targets = np.concatenate([batch['prev'], batch['next']])
+  real = np.arange(12)[None] < np.concatenate([batch['prev_len'], batch['next_len']])[:, None]
+  picked = np.take_along_axis(np.asarray(lp), targets[..., None], -1)[..., 0]
+  assert float(loss) == pytest.approx(-(picked * real).sum() / real.sum(), rel=1e-5)
