@@ -74,8 +74,10 @@ from lnorm.lab.data import senteval as senteval_data
 from lnorm.recurrent import GRU_NORMS, GRUCell
 
 CONDITIONINGS = ('every_step', 'initial_state')
-#: Sentence vectors a checkpoint can give SentEval (:func:`evaluate_checkpoint`).
-ENCODERS = ('gru', 'embeddings')
+#: Sentence vectors a checkpoint can give SentEval (:func:`evaluate_checkpoint`): the encoder
+#: GRU's last state (skip-thoughts'), the mean of the model's word embeddings, the mean of the
+#: encoder GRU's states (the last two are ablations).
+ENCODERS = ('gru', 'embeddings', 'gru_mean')
 VOCAB_FILE = 'vocab.json'
 CORPUS_FILE = 'corpus.npz'
 #: Fields that change neither the data order nor the updates (beyond the trainer's own).
@@ -130,11 +132,18 @@ class SkipThoughts(nn.Module):
     self.decoder_next = nn.RNN(cell(), name='decoder_next')
     self.output = nn.Dense(self.vocab_size, name='output')
 
-  def encode(self, ids: jax.Array, lengths: jax.Array) -> jax.Array:
+  def encode(self, ids: jax.Array, lengths: jax.Array, pooling: str = 'last') -> jax.Array:
     """Sentence vectors: ``<int32>[batch, time]`` ids, ``<int32>[batch]`` lengths (>= 1)
-    -> ``<float32>[batch, hidden_dim]``, the encoder's state after ``lengths[b]`` words."""
-    carry, _ = self.encoder(self.embed(ids), seq_lengths=lengths)
-    return carry
+    -> ``<float32>[batch, hidden_dim]``.
+
+    ``pooling='last'`` (skip-thoughts' vector): the encoder's state after ``lengths[b]``
+    ids; ``'mean'`` (an ablation): the mean of its states ``h_1 .. h_{lengths[b]}``.
+    """
+    carry, states = self.encoder(self.embed(ids), seq_lengths=lengths)
+    if pooling == 'last':
+      return carry
+    real = (jnp.arange(ids.shape[1])[None, :] < lengths[:, None])[..., None]
+    return jnp.sum(jnp.where(real, states, 0.0), axis=1) / lengths[:, None].astype(states.dtype)
 
   def decode_states(self, which: str, vectors: jax.Array, targets: jax.Array) -> jax.Array:
     """Teacher-forced decoder states ``<float32>[batch, time, hidden]`` for
@@ -404,19 +413,20 @@ def make_encoder(
   max_length: int = 30,
   batch_size: int = 256,
   bucket_width: int = 10,
+  pooling: str = 'last',
 ) -> senteval.Encoder:
   """``encode(list[str]) -> float32[N, H]``: the encoder's vectors of raw sentences.
 
   Sentences are tokenized like the corpus, cut to ``max_length - 1`` words plus
   ``<eos>``, sorted by length and cut into batches of ``batch_size`` padded to a bucket
   length (multiples of ``bucket_width``): a few static shapes under jit. The empty
-  sentence is just ``<eos>``.
+  sentence is just ``<eos>``. ``pooling`` as in :meth:`SkipThoughts.encode`.
   """
   boundaries = text_lib.bucket_boundaries(max_length, bucket_width)
 
   @jax.jit
   def apply(params, ids, lengths):
-    return model.apply({'params': params}, ids, lengths, method=SkipThoughts.encode)
+    return model.apply({'params': params}, ids, lengths, pooling, method=SkipThoughts.encode)
 
   def encode(sentences: list[str]) -> np.ndarray:
     seqs = [vocab.encode(text_lib.tokenize(s), add_eos=True, max_length=max_length)
@@ -632,8 +642,9 @@ def evaluate_checkpoint(
     tasks, folds, inner_folds, max_examples: the protocol (default: the full one).
     standardize: standardize the classifiers' features (this project's default) or fit
       the raw vectors (as SentEval does).
-    encoder: ``'gru'`` (the sentence vectors) or ``'embeddings'`` (the mean of the
-      model's own word embeddings: what the GRU adds over them, an ablation).
+    encoder: ``'gru'`` (the sentence vectors), ``'embeddings'`` (the mean of the model's
+      own word embeddings: what the GRU adds over them) or ``'gru_mean'`` (the mean of the
+      encoder's states: what its last state loses); the last two are ablations.
 
   Returns:
     ``{'step', 'tasks', 'protocol', 'results' ({task: result}), 'metrics' (flat)}``.
@@ -643,10 +654,11 @@ def evaluate_checkpoint(
   senteval_dir = workdir_lib.find_data_dir('senteval', senteval_dir or config.get('senteval_dir'))
   if not senteval_dir:
     raise ValueError('no SentEval directory: pass senteval_dir (e.g. ../shared/data/senteval).')
-  if encoder == 'gru':
-    encode = make_encoder(model, params, vocab, config.max_length)
-  else:
+  if encoder == 'embeddings':
     encode = make_embedding_bag_encoder(params, vocab, config.max_length)
+  else:
+    pooling = 'mean' if encoder == 'gru_mean' else 'last'
+    encode = make_encoder(model, params, vocab, config.max_length, pooling=pooling)
   tasks = parse_tasks(tasks)
   results = senteval_results(
     encode, senteval_dir, tasks, folds, inner_folds, max_examples, standardize=standardize
@@ -669,6 +681,7 @@ def evaluate_checkpoint(
 def senteval_file(
   workdir: str | os.PathLike, step: int, standardize: bool = True, encoder: str = 'gru'
 ) -> pathlib.Path:
-  """Where :func:`evaluate_checkpoint` writes: ``senteval-<step>[-raw][-embeddings].json``."""
+  """Where :func:`evaluate_checkpoint` writes: ``senteval-<step>[-raw][-<encoder>].json``
+  (no encoder suffix for ``'gru'``)."""
   suffix = ('' if standardize else '-raw') + ('' if encoder == 'gru' else f'-{encoder}')
   return pathlib.Path(workdir) / f'senteval-{step}{suffix}.json'

@@ -7,11 +7,12 @@
       --tasks=MR,SICK --folds=5 --inner_folds=2 --max_examples=2000
 
 For each step, prints a Markdown table (lnorm.lab.senteval.format_table) and writes
-``<workdir>/senteval-<step>[-raw][-embeddings].json``
+``<workdir>/senteval-<step>[-raw][-embeddings|-gru_mean].json``
 (:func:`experiments.skip_thoughts.senteval_file`). ``--raw`` fits the classifiers on the
 raw vectors (as SentEval does) instead of standardized ones; ``--encoder=embeddings``
-evaluates the mean of the model's word embeddings instead of the GRU's vectors (an
-ablation). The SentEval data: ``--senteval_dir``, else the run's ``senteval_dir``, else
+evaluates the mean of the model's word embeddings instead of the GRU's last state, and
+``--encoder=gru_mean`` the mean of the encoder GRU's states (ablations). The SentEval
+data: ``--senteval_dir``, else the run's ``senteval_dir``, else
 ``$LNORM_DATA_DIR/senteval`` or ``../shared/data/senteval``.
 """
 

@@ -5,7 +5,7 @@
       --out results/skip_thoughts
 
 Reads each workdir's ``metrics.jsonl`` (the periodic evaluation during training) and its
-``senteval-<step>[-raw][-embeddings].json`` files (``scripts/skip_thoughts_eval.py``).
+``senteval-<step>[-raw][-embeddings|-gru_mean].json`` files (``scripts/skip_thoughts_eval.py``).
 Only files of the full protocol (10-fold outer and 5-fold inner cross-validation on all
 sentences) go into the Table-3 layout. Writes:
 
@@ -55,7 +55,14 @@ PAPER_TABLE3 = {
   'Ours + LN': (0.854, 0.785, 0.277, 79.5, 82.6, 93.4, 89.0),
   'Ours + LN (1 month)': (0.858, 0.788, 0.270, 79.4, 83.1, 93.7, 89.3),
 }
-FILE_PATTERN = re.compile(r'senteval-(\d+)(-raw)?(-embeddings)?\.json$')
+FILE_PATTERN = re.compile(r'senteval-(\d+)(-raw)?(-embeddings|-gru_mean)?\.json$')
+
+
+#: How the ablation encoders' rows are named (``experiments.skip_thoughts.ENCODERS``).
+ABLATION_NAMES = {
+  'embeddings': ' (mean of word embeddings)',
+  'gru_mean': ' (mean of encoder states)',
+}
 
 
 def table3_values(metrics: dict) -> dict:
@@ -116,8 +123,7 @@ def run_rows(runs, full: dict, key: tuple) -> list[tuple[str, str, dict]]:
   for run in sorted(runs, key=lambda r: str(compare.field_value(r, 'norm'))):
     norm = compare.field_value(run, 'norm')
     name = {'none': 'GRU', 'layer': 'LN-GRU'}.get(norm, f'norm={norm}')
-    if key[1] != 'gru':
-      name += f' ({key[1]} mean)'
+    name += ABLATION_NAMES.get(key[1], '')
     for step, values in sorted(full[run.name].get(key, {}).items()):
       epoch = epoch_of(run, step)
       training = f'step {step}' + ('' if epoch is None else f' ({epoch:.2f} epochs)')
@@ -208,9 +214,12 @@ def main(argv=None):
       continue
     md += [f'## Table 3 layout, full protocol, {title}\n']
     md += [table3(paper_rows() + floor_rows[standardize] + rows)]
-  ablation = run_rows(runs, full, (True, 'embeddings'))
+  ablation = run_rows(runs, full, (True, 'embeddings')) + run_rows(runs, full, (True, 'gru_mean'))
   if ablation:
-    md += ['## Ablation: the mean of each model’s own word embeddings (standardized)\n']
+    md += [
+      '## Ablation: the last state against the mean of the encoder’s states and the mean of '
+      'the model’s own word embeddings (standardized)\n'
+    ]
     md += [table3(floor_rows[True] + ablation + run_rows(runs, full, (True, 'gru')))]
   periodic = [m for m in PERIODIC if m in have]
   if periodic:

@@ -397,3 +397,23 @@ def test_packed_loss_equals_unpacked_loss_and_gradients():
   real = np.arange(12)[None] < np.concatenate([batch['prev_len'], batch['next_len']])[:, None]
   picked = np.take_along_axis(np.asarray(lp), targets[..., None], -1)[..., 0]
   assert float(loss) == pytest.approx(-(picked * real).sum() / real.sum(), rel=1e-5)
+
+
+def test_mean_pooling_is_the_mean_of_the_states_at_each_prefix():
+  """``pooling='mean'`` (the ``gru_mean`` ablation) averages h_1 .. h_n: the last states of
+  the sentence's prefixes of length 1 .. n; padding never counts."""
+  model, params = _model_and_params('layer')
+  ids, lengths = text_lib.pad_batch([[5, 6, 7, 1], [8, 1]], length=12)
+
+  def encode(ids, lengths, pooling):
+    return model.apply({'params': params}, ids, lengths, pooling, method=model.encode)
+
+  mean = np.asarray(encode(ids, lengths, 'mean'))
+  for b, n in enumerate(lengths):
+    prefixes = [
+      encode(ids[b : b + 1], np.asarray([k], np.int32), 'last')[0] for k in range(1, n + 1)
+    ]
+    np.testing.assert_allclose(mean[b], np.mean(prefixes, axis=0), rtol=1e-5, atol=1e-6)
+  encoder = st.make_encoder(model, params, text_lib.Vocabulary.build([['a', 'b']], 5), 12,
+                            pooling='mean')  # fmt: skip
+  assert encoder(['a b', 'b']).shape == (2, 16)

@@ -37,6 +37,7 @@ def write_run(root, norm, steps, offset):
   last = steps[-1]
   evaluated(f'senteval-{last}-raw.json', last, {**FULL, 'standardize': False}, offset - 1)
   evaluated(f'senteval-{last}-embeddings.json', last, {**FULL, 'encoder': 'embeddings'}, -5)
+  evaluated(f'senteval-{last}-gru_mean.json', last, {**FULL, 'encoder': 'gru_mean'}, -7)
   # A quick-protocol file (5 folds on a subset) stays out of Table 3.
   evaluated('senteval-999.json', 999, {'folds': 5, 'inner_folds': 2, 'max_examples': 2000}, 30)
   return d
@@ -70,7 +71,14 @@ def test_report_table3_full_json_and_grid(tmp_path):
   assert '| GRU, this project | step 200 (2.00 epochs) | 0.490 |' in raw
   assert 'bag, 300-d' not in raw  # a standardized floor stays out of the raw table
   assert '| raw bag | no training |' in raw and 'raw bag' not in std
-  assert 'GRU (embeddings mean), this project | step 200' in md
+  ablation = md.split('## Ablation')[1].split('##')[0]
+  assert (
+    '| GRU (mean of word embeddings), this project | step 200 (2.00 epochs) | 0.450 |' in ablation
+  )
+  assert '| LN-GRU (mean of encoder states), this project | step 200 (2.00 epochs) | 0.430 |' in (
+    ablation
+  )
+  assert '| LN-GRU, this project | step 200 (2.00 epochs) |' in ablation  # the last state beside
   png = (tmp_path / 'out' / 'st.png').read_bytes()
   assert png[:8] == b'\x89PNG\r\n\x1a\n'
 
