@@ -614,11 +614,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def load_checkpoint(workdir: str | os.PathLike, step: int | None = None):
-  """``(config, model, params, vocab, step)`` of checkpoint ``step`` (default: the latest)."""
+  """``(config, model, params, vocab, step)`` of checkpoint ``step`` (default: the latest).
+
+  ``step=0`` is the run's initial parameters (``init(key(seed))``, as the runner starts
+  from): the untrained model, with no checkpoint needed.
+  """
   config = runner.load_config(workdir)
   vocab = text_lib.Vocabulary.load(pathlib.Path(workdir) / VOCAB_FILE)
   module = make_model(config, len(vocab))
   init = models.linen(module, sample_batch(config.max_length)).init
+  if step == 0:
+    params, _ = init(jax.random.key(config.seed))
+    return config, module, params, vocab, 0
   state, step = runner.restore_checkpoint(workdir, config, init, step)
   return config, module, state.params, vocab, step
 

@@ -279,6 +279,10 @@ def test_end_to_end_through_main_and_evaluate_checkpoint(tmp_path, data_dirs):
     rows[-1]['valid/nll'] != rows[0]['valid/nll']
   )
   assert json.loads((workdir / 'senteval-4.json').read_text())['step'] == 4
+  # Step 0 is the run's initial parameters (no checkpoint): the score logged at the start.
+  untrained = st.evaluate_checkpoint(workdir, 0, tasks='MR', folds=2, inner_folds=2,
+                                     max_examples=100)  # fmt: skip
+  assert untrained['metrics']['senteval/MR'] == pytest.approx(rows[0]['senteval/MR'], abs=1e-9)
   # Raw features (SentEval's way) and the word-embedding ablation land beside it.
   raw = st.evaluate_checkpoint(
     workdir, 4, tasks='MR', folds=2, inner_folds=2, max_examples=100, standardize=False
