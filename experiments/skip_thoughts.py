@@ -680,15 +680,27 @@ def evaluate_checkpoint(
   metrics = senteval.flat_metrics(results)
   out = {'step': step, 'tasks': list(tasks), 'protocol': protocol, 'results': results}
   out['metrics'] = metrics
-  path = senteval_file(workdir, step, standardize, encoder)
+  path = senteval_file(workdir, step, standardize, encoder, protocol)
   path.write_text(json.dumps(out, indent=1, default=float) + '\n')
   return out
 
 
 def senteval_file(
-  workdir: str | os.PathLike, step: int, standardize: bool = True, encoder: str = 'gru'
+  workdir: str | os.PathLike,
+  step: int,
+  standardize: bool = True,
+  encoder: str = 'gru',
+  protocol: dict | None = None,
 ) -> pathlib.Path:
-  """Where :func:`evaluate_checkpoint` writes: ``senteval-<step>[-raw][-<encoder>].json``
-  (no encoder suffix for ``'gru'``)."""
+  """Where :func:`evaluate_checkpoint` writes:
+  ``senteval-<step>[-raw][-<encoder>][-f<folds>i<inner_folds>n<max_examples>].json``.
+
+  No encoder suffix for ``'gru'``, no protocol suffix for the full protocol (10 folds, 5
+  inner, all examples; ``protocol=None``), so a quicker evaluation never overwrites it.
+  """
   suffix = ('' if standardize else '-raw') + ('' if encoder == 'gru' else f'-{encoder}')
+  if protocol is not None:
+    folds, inner, examples = (protocol[k] for k in ('folds', 'inner_folds', 'max_examples'))
+    if (folds, inner, examples) != (10, 5, 0):
+      suffix += f'-f{folds}i{inner}n{examples}'
   return pathlib.Path(workdir) / f'senteval-{step}{suffix}.json'

@@ -7,7 +7,7 @@
       --tasks=MR,SICK --folds=5 --inner_folds=2 --max_examples=2000
 
 For each step, prints a Markdown table (lnorm.lab.senteval.format_table) and writes
-``<workdir>/senteval-<step>[-raw][-embeddings|-gru_mean].json``
+``<workdir>/senteval-<step>[-raw][-embeddings|-gru_mean][-f<folds>i<inner>n<examples>].json``
 (:func:`experiments.skip_thoughts.senteval_file`). ``--raw`` fits the classifiers on the
 raw vectors (as SentEval does) instead of standardized ones; ``--encoder=embeddings``
 evaluates the mean of the model's word embeddings instead of the GRU's last state, and

@@ -5,7 +5,8 @@
       --out results/skip_thoughts
 
 Reads each workdir's ``metrics.jsonl`` (the periodic evaluation during training) and its
-``senteval-<step>[-raw][-embeddings|-gru_mean].json`` files (``scripts/skip_thoughts_eval.py``).
+``senteval-<step>[-raw][-embeddings|-gru_mean][-f<folds>i<inner>n<examples>].json`` files
+(``scripts/skip_thoughts_eval.py``).
 Only files of the full protocol (10-fold outer and 5-fold inner cross-validation on all
 sentences) go into the Table-3 layout. Writes:
 
@@ -13,8 +14,10 @@ sentences) go into the Table-3 layout. Writes:
   scores, each norm in its colour of :data:`lnorm.lab.colors.NORM_COLORS`.
 * ``OUT.md``: ``--note`` first, then Table 3 twice (standardized features, this
   project's default, and raw features, as SentEval fits them) with the paper's rows
-  and each ``--floor`` beside the runs' checkpoints, the word-embedding ablation when
-  evaluated, the periodic scores of every evaluated step, and how far the runs got.
+  and each ``--floor`` beside the runs' checkpoints, the ablations when evaluated (the
+  mean of the encoder's states, the mean of the word embeddings; with the full protocol,
+  or with the run's periodic one beside the last state's logged scores), the periodic
+  scores of every evaluated step, and how far the runs got.
 * ``OUT_full.json``: each norm's full-protocol scores (standardized) at its latest
   evaluated checkpoint, ``{"none": {"MR": ..., "SICK_r": ..., ...}, "layer": {...}}``
   (accuracies in percent).
@@ -55,7 +58,7 @@ PAPER_TABLE3 = {
   'Ours + LN': (0.854, 0.785, 0.277, 79.5, 82.6, 93.4, 89.0),
   'Ours + LN (1 month)': (0.858, 0.788, 0.270, 79.4, 83.1, 93.7, 89.3),
 }
-FILE_PATTERN = re.compile(r'senteval-(\d+)(-raw)?(-embeddings|-gru_mean)?\.json$')
+FILE_PATTERN = re.compile(r'senteval-(\d+)(-raw)?(-embeddings|-gru_mean)?(-f\d+i\d+n\d+)?\.json$')
 
 
 #: How the ablation encoders' rows are named (``experiments.skip_thoughts.ENCODERS``).
@@ -70,15 +73,17 @@ def table3_values(metrics: dict) -> dict:
   return {c: metrics[f'senteval/{c}'] for c in COLUMNS if f'senteval/{c}' in metrics}
 
 
-def full_protocol_files(workdir: str | pathlib.Path) -> dict:
-  """``{(standardize, encoder): {step: table3 values}}`` of the full-protocol files."""
+def full_protocol_files(workdir: str | pathlib.Path, protocol: dict | None = None) -> dict:
+  """``{(standardize, encoder): {step: table3 values}}`` of the files evaluated with
+  ``protocol`` (``{'folds', 'inner_folds', 'max_examples'}``; default: the full one)."""
+  want = FULL_PROTOCOL if protocol is None else protocol
   out: dict = {}
   for path in sorted(pathlib.Path(workdir).glob('senteval-*.json')):
     if not FILE_PATTERN.search(path.name):
       continue
     record = json.loads(path.read_text())
     protocol = record.get('protocol', {})
-    if any(protocol.get(k) != v for k, v in FULL_PROTOCOL.items()):
+    if any(protocol.get(k) != v for k, v in want.items()):
       continue
     key = (protocol.get('standardize', True), protocol.get('encoder', 'gru'))
     out.setdefault(key, {})[int(record['step'])] = table3_values(record['metrics'])
@@ -128,6 +133,35 @@ def run_rows(runs, full: dict, key: tuple) -> list[tuple[str, str, dict]]:
       epoch = epoch_of(run, step)
       training = f'step {step}' + ('' if epoch is None else f' ({epoch:.2f} epochs)')
       rows.append((f'{name}, this project', training, values))
+  return rows
+
+
+def periodic_protocol(run: compare.RunData) -> dict:
+  """The protocol of a run's periodic SentEval points (its config's ``senteval_*`` fields)."""
+  fields = {'folds': 'senteval_folds', 'inner_folds': 'senteval_inner_folds'}
+  fields['max_examples'] = 'senteval_max_examples'
+  return {k: compare.field_value(run, f) for k, f in fields.items()}
+
+
+def periodic_ablation_rows(runs) -> list[tuple[str, str, dict]]:
+  """Rows of the ablation encoders evaluated with a run's periodic protocol, each after the
+  last-state scores the run logged at that step (same protocol, same subsets)."""
+  rows = []
+  for run in sorted(runs, key=lambda r: str(compare.field_value(r, 'norm'))):
+    files = full_protocol_files(run.path, periodic_protocol(run))
+    norm = compare.field_value(run, 'norm')
+    name = {'none': 'GRU', 'layer': 'LN-GRU'}.get(norm, f'norm={norm}')
+    steps = sorted({s for (std, enc), v in files.items() if std and enc != 'gru' for s in v})
+    for step in steps:
+      epoch = epoch_of(run, step)
+      training = f'step {step}' + ('' if epoch is None else f' ({epoch:.2f} epochs)')
+      logged = next((r for r in run.rows if r['step'] == step and 'senteval/MR' in r), None)
+      if logged is not None:
+        rows.append((f'{name}, this project', training, table3_values(logged)))
+      for encoder in ABLATION_NAMES:
+        if step in files.get((True, encoder), {}):
+          values = files[(True, encoder)][step]
+          rows.append((f'{name}{ABLATION_NAMES[encoder]}, this project', training, values))
   return rows
 
 
@@ -221,6 +255,16 @@ def main(argv=None):
       'the model’s own word embeddings (standardized)\n'
     ]
     md += [table3(floor_rows[True] + ablation + run_rows(runs, full, (True, 'gru')))]
+  quick = periodic_ablation_rows(runs)
+  if quick:
+    protocol = periodic_protocol(runs[0])
+    md += [
+      '## Ablation with the periodic protocol (standardized; MR/CR/SUBJ/MPQA on stratified '
+      f'subsets of {protocol["max_examples"]:,} sentences, {protocol["folds"]}-fold CV, '
+      f'{protocol["inner_folds"]}-fold inner; SICK whole): the last state as logged, the '
+      'mean of the encoder states, the mean of the word embeddings\n'
+    ]
+    md += [table3(quick)]
   periodic = [m for m in PERIODIC if m in have]
   if periodic:
     summaries = compare.summarize(groups, periodic, HIGHER)

@@ -278,7 +278,12 @@ def test_end_to_end_through_main_and_evaluate_checkpoint(tmp_path, data_dirs):
   assert rows[-1]['senteval/MR'] != rows[0]['senteval/MR'] or (
     rows[-1]['valid/nll'] != rows[0]['valid/nll']
   )
-  assert json.loads((workdir / 'senteval-4.json').read_text())['step'] == 4
+  # A quicker protocol than the full one names itself, so it never overwrites a full result.
+  assert json.loads((workdir / 'senteval-4-f2i2n100.json').read_text())['step'] == 4
+  full = {'folds': 10, 'inner_folds': 5, 'max_examples': 0}
+  assert st.senteval_file(workdir, 4, encoder='gru_mean', protocol=full).name == (
+    'senteval-4-gru_mean.json'
+  )
   # Step 0 is the run's initial parameters (no checkpoint): the score logged at the start.
   untrained = st.evaluate_checkpoint(workdir, 0, tasks='MR', folds=2, inner_folds=2,
                                      max_examples=100)  # fmt: skip
@@ -291,9 +296,11 @@ def test_end_to_end_through_main_and_evaluate_checkpoint(tmp_path, data_dirs):
     workdir, tasks='SICK', folds=2, inner_folds=2, max_examples=100, encoder='embeddings'
   )
   assert raw['protocol']['standardize'] is False and raw['results']['MR']['standardize'] is False
-  assert json.loads((workdir / 'senteval-4-raw.json').read_text())['protocol'] == raw['protocol']
+  raw_file = workdir / 'senteval-4-raw-f2i2n100.json'
+  assert json.loads(raw_file.read_text())['protocol'] == raw['protocol']
   assert (
-    bag['protocol']['encoder'] == 'embeddings' and (workdir / 'senteval-4-embeddings.json').exists()
+    bag['protocol']['encoder'] == 'embeddings'
+    and (workdir / 'senteval-4-embeddings-f2i2n100.json').exists()
   )
   with pytest.raises(ValueError, match='encoder must be one of'):
     st.evaluate_checkpoint(workdir, tasks='MR', encoder='lstm')

@@ -21,7 +21,8 @@ def metrics(base):
 def write_run(root, norm, steps, offset):
   d = root / f'cpu-{norm}'
   d.mkdir()
-  (d / 'config.json').write_text(json.dumps({'norm': norm, 'seed': 0}))
+  periodic = {'senteval_folds': 5, 'senteval_inner_folds': 2, 'senteval_max_examples': 2000}
+  (d / 'config.json').write_text(json.dumps({'norm': norm, 'seed': 0, **periodic}))
   rows = []
   for s in [0, *steps]:
     rows.append({'step': s, 'epoch': s / 100, 'examples': 64 * s, 'wall_s': 2.0 * s,
@@ -40,6 +41,9 @@ def write_run(root, norm, steps, offset):
   evaluated(f'senteval-{last}-gru_mean.json', last, {**FULL, 'encoder': 'gru_mean'}, -7)
   # A quick-protocol file (5 folds on a subset) stays out of Table 3.
   evaluated('senteval-999.json', 999, {'folds': 5, 'inner_folds': 2, 'max_examples': 2000}, 30)
+  # An ablation with the run's periodic protocol goes beside the last state's logged scores.
+  quick = {'folds': 5, 'inner_folds': 2, 'max_examples': 2000, 'standardize': True}
+  evaluated(f'senteval-{last}-gru_mean-f5i2n2000.json', last, {**quick, 'encoder': 'gru_mean'}, 40)
   return d
 
 
@@ -79,6 +83,13 @@ def test_report_table3_full_json_and_grid(tmp_path):
     ablation
   )
   assert '| LN-GRU, this project | step 200 (2.00 epochs) |' in ablation  # the last state beside
+  quick = md.split('## Ablation with the periodic protocol')[1].split('##')[0]
+  assert 'subsets of 2,000 sentences, 5-fold CV, 2-fold inner' in quick
+  lines = [line for line in quick.splitlines() if line.startswith('| GRU')]
+  assert lines[0].startswith('| GRU, this project | step 200 (2.00 epochs) | 0.520 |'), lines
+  assert lines[1].startswith(
+    '| GRU (mean of encoder states), this project | step 200 (2.00 epochs) | 0.900 |'
+  )
   png = (tmp_path / 'out' / 'st.png').read_bytes()
   assert png[:8] == b'\x89PNG\r\n\x1a\n'
 
