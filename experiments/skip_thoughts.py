@@ -78,6 +78,8 @@ CONDITIONINGS = ('every_step', 'initial_state')
 #: GRU's last state (skip-thoughts'), the mean of the model's word embeddings, the mean of the
 #: encoder GRU's states (the last two are ablations).
 ENCODERS = ('gru', 'embeddings', 'gru_mean')
+#: The full SentEval-style protocol (the paper's): 10-fold CV with 5-fold inner CV, all examples.
+FULL_PROTOCOL = {'folds': 10, 'inner_folds': 5, 'max_examples': 0}
 VOCAB_FILE = 'vocab.json'
 CORPUS_FILE = 'corpus.npz'
 #: Fields that change neither the data order nor the updates (beyond the trainer's own).
@@ -699,8 +701,7 @@ def senteval_file(
   inner, all examples; ``protocol=None``), so a quicker evaluation never overwrites it.
   """
   suffix = ('' if standardize else '-raw') + ('' if encoder == 'gru' else f'-{encoder}')
-  if protocol is not None:
-    folds, inner, examples = (protocol[k] for k in ('folds', 'inner_folds', 'max_examples'))
-    if (folds, inner, examples) != (10, 5, 0):
-      suffix += f'-f{folds}i{inner}n{examples}'
+  if protocol is not None and any(protocol[k] != v for k, v in FULL_PROTOCOL.items()):
+    folds, inner, examples = (protocol[k] for k in FULL_PROTOCOL)
+    suffix += f'-f{folds}i{inner}n{examples}'
   return pathlib.Path(workdir) / f'senteval-{step}{suffix}.json'

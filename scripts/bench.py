@@ -866,8 +866,8 @@ def section_skip_thoughts(cfg: Config) -> Section:
   ex = {k: batch * steps.get(k, 1) / t.median for k, t in timings.items()}
   rows, records, targets = [], [], []
   flops_note = {}
-  lengths = _skip_thoughts_batches(info['layer'][1], info['layer'][2], spc)
-  real_targets = float(np.mean(lengths['prev_len'] + lengths['next_len']))
+  timed = _skip_thoughts_batches(info['layer'][1], info['layer'][2], spc)  # What ran above.
+  real_targets = float(np.mean(timed['prev_len'] + timed['next_len']))
   for norm in norms:
     num_params, config, vocab = info[norm]
     flops_per_ex = 3 * _skip_thoughts_flops(config, vocab, real_targets)

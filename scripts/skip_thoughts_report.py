@@ -73,19 +73,18 @@ def table3_values(metrics: dict) -> dict:
   return {c: metrics[f'senteval/{c}'] for c in COLUMNS if f'senteval/{c}' in metrics}
 
 
-def full_protocol_files(workdir: str | pathlib.Path, protocol: dict | None = None) -> dict:
+def protocol_files(workdir: str | pathlib.Path, protocol: dict = FULL_PROTOCOL) -> dict:
   """``{(standardize, encoder): {step: table3 values}}`` of the files evaluated with
   ``protocol`` (``{'folds', 'inner_folds', 'max_examples'}``; default: the full one)."""
-  want = FULL_PROTOCOL if protocol is None else protocol
   out: dict = {}
   for path in sorted(pathlib.Path(workdir).glob('senteval-*.json')):
     if not FILE_PATTERN.search(path.name):
       continue
     record = json.loads(path.read_text())
-    protocol = record.get('protocol', {})
-    if any(protocol.get(k) != v for k, v in want.items()):
+    used = record.get('protocol', {})
+    if any(used.get(k) != v for k, v in protocol.items()):
       continue
-    key = (protocol.get('standardize', True), protocol.get('encoder', 'gru'))
+    key = (used.get('standardize', True), used.get('encoder', 'gru'))
     out.setdefault(key, {})[int(record['step'])] = table3_values(record['metrics'])
   return out
 
@@ -104,6 +103,18 @@ def read_floor(spec: str) -> tuple[str, dict, bool]:
 def epoch_of(run: compare.RunData, step: int) -> float | None:
   """The epoch a run logged at ``step`` (``None`` if it logged no row there)."""
   return next((r['epoch'] for r in run.rows if r['step'] == step), None)
+
+
+def encoder_name(run: compare.RunData) -> str:
+  """``'GRU'`` or ``'LN-GRU'`` (``norm=...`` for any other norm) of a run's encoder."""
+  norm = compare.field_value(run, 'norm')
+  return {'none': 'GRU', 'layer': 'LN-GRU'}.get(norm, f'norm={norm}')
+
+
+def training_label(run: compare.RunData, step: int) -> str:
+  """``'step 1734 (2.00 epochs)'`` (the epoch when the run logged a row at ``step``)."""
+  epoch = epoch_of(run, step)
+  return f'step {step}' + ('' if epoch is None else f' ({epoch:.2f} epochs)')
 
 
 def format_cell(column: str, value: float | None) -> str:
@@ -126,21 +137,15 @@ def run_rows(runs, full: dict, key: tuple) -> list[tuple[str, str, dict]]:
   """Table-3 rows of every run's checkpoints evaluated with ``key`` = (standardize, encoder)."""
   rows = []
   for run in sorted(runs, key=lambda r: str(compare.field_value(r, 'norm'))):
-    norm = compare.field_value(run, 'norm')
-    name = {'none': 'GRU', 'layer': 'LN-GRU'}.get(norm, f'norm={norm}')
-    name += ABLATION_NAMES.get(key[1], '')
+    name = encoder_name(run) + ABLATION_NAMES.get(key[1], '')
     for step, values in sorted(full[run.name].get(key, {}).items()):
-      epoch = epoch_of(run, step)
-      training = f'step {step}' + ('' if epoch is None else f' ({epoch:.2f} epochs)')
-      rows.append((f'{name}, this project', training, values))
+      rows.append((f'{name}, this project', training_label(run, step), values))
   return rows
 
 
 def periodic_protocol(run: compare.RunData) -> dict:
   """The protocol of a run's periodic SentEval points (its config's ``senteval_*`` fields)."""
-  fields = {'folds': 'senteval_folds', 'inner_folds': 'senteval_inner_folds'}
-  fields['max_examples'] = 'senteval_max_examples'
-  return {k: compare.field_value(run, f) for k, f in fields.items()}
+  return {k: compare.field_value(run, f'senteval_{k}') for k in FULL_PROTOCOL}
 
 
 def periodic_ablation_rows(runs) -> list[tuple[str, str, dict]]:
@@ -148,13 +153,11 @@ def periodic_ablation_rows(runs) -> list[tuple[str, str, dict]]:
   last-state scores the run logged at that step (same protocol, same subsets)."""
   rows = []
   for run in sorted(runs, key=lambda r: str(compare.field_value(r, 'norm'))):
-    files = full_protocol_files(run.path, periodic_protocol(run))
-    norm = compare.field_value(run, 'norm')
-    name = {'none': 'GRU', 'layer': 'LN-GRU'}.get(norm, f'norm={norm}')
+    files = protocol_files(run.path, periodic_protocol(run))
+    name = encoder_name(run)
     steps = sorted({s for (std, enc), v in files.items() if std and enc != 'gru' for s in v})
     for step in steps:
-      epoch = epoch_of(run, step)
-      training = f'step {step}' + ('' if epoch is None else f' ({epoch:.2f} epochs)')
+      training = training_label(run, step)
       logged = next((r for r in run.rows if r['step'] == step and 'senteval/MR' in r), None)
       if logged is not None:
         rows.append((f'{name}, this project', training, table3_values(logged)))
@@ -226,7 +229,7 @@ def main(argv=None):
   parser.add_argument('--note', default='', help='a paragraph (Markdown) put first in OUT.md')
   args = parser.parse_args(argv)
   runs = compare.load_runs(args.workdirs)
-  full = {run.name: full_protocol_files(run.path) for run in runs}
+  full = {run.name: protocol_files(run.path) for run in runs}
   floors = [read_floor(spec) for spec in args.floor]
   floor_rows = {
     std: [(label, 'no training', values) for label, values, s in floors if s == std]
