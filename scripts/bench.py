@@ -108,6 +108,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from lnorm import functional as F  # noqa: E402
 from lnorm.lab import benchmarking as B  # noqa: E402
+from scripts.bench_steps import torch_rnn  # noqa: E402
 
 
 @dataclass
@@ -458,74 +459,6 @@ def _lstm_hoisted(hidden: int, naive: bool = False):
   return apply
 
 
-def _torch_rnn(kind: str, norm: str, n_in: int, hidden: int):
-  """A PyTorch peer of an RNN: a ``torch.nn.Module``, ``[batch, T, in]`` -> ``[batch, T, H]``.
-
-  Plain cells: ``torch.nn.LSTM`` / ``torch.nn.GRU`` (batch_first). Layer norm:
-  the paper's LN-LSTM (eqs. 20-22) or LN-GRU (eqs. 26-28) written by hand as
-  a PyTorch user would: the input projections and their layer norms for all
-  steps at once (one matmul), then a Python loop over the steps with
-  ``torch.nn.functional.layer_norm`` (eps 1e-5).
-  """
-  import torch
-
-  if norm == 'none':
-
-    class Plain(torch.nn.Module):
-      def __init__(self):
-        super().__init__()
-        cls = torch.nn.LSTM if kind == 'lstm' else torch.nn.GRU
-        self.rnn = cls(n_in, hidden, batch_first=True)
-
-      def forward(self, x):
-        return self.rnn(x)[0]
-
-    return Plain()
-  gates = 4 if kind == 'lstm' else 3
-  ln = torch.nn.functional.layer_norm
-
-  class LNRNN(torch.nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.w_x = torch.nn.Parameter(torch.randn(n_in, gates * hidden) * n_in**-0.5)
-      self.w_h = torch.nn.Parameter(torch.randn(hidden, gates * hidden) * hidden**-0.5)
-      if kind == 'lstm':  # The LN-GRU's layer-norm biases are its only biases.
-        self.bias = torch.nn.Parameter(torch.zeros(gates * hidden))
-      sizes = {'lstm': (4, 4, 1), 'gru': (2, 2, 1, 1)}[kind]
-      self.g = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(k * hidden)) for k in sizes])
-      self.b = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(k * hidden)) for k in sizes])
-
-    def norm(self, v, i):
-      return ln(v, (v.shape[-1],), self.g[i], self.b[i], 1e-5)
-
-    def forward(self, x):
-      batch, steps, _ = x.shape
-      wx = x @ self.w_x
-      h = x.new_zeros(batch, hidden)
-      outs = []
-      if kind == 'lstm':
-        wx = self.norm(wx, 1) + self.bias
-        c = x.new_zeros(batch, hidden)
-        for t in range(steps):
-          f, i, o, g = (self.norm(h @ self.w_h, 0) + wx[:, t]).chunk(4, -1)
-          c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-          h = torch.sigmoid(o) * torch.tanh(self.norm(c, 2))
-          outs.append(h)
-      else:
-        zr_x = self.norm(wx[..., : 2 * hidden], 1)
-        cand_x = self.norm(wx[..., 2 * hidden :], 2)
-        for t in range(steps):
-          wh = h @ self.w_h
-          z, r = (self.norm(wh[:, : 2 * hidden], 0) + zr_x[:, t]).chunk(2, -1)
-          cand = torch.tanh(cand_x[:, t] + torch.sigmoid(r) * self.norm(wh[:, 2 * hidden :], 3))
-          z = torch.sigmoid(z)
-          h = (1 - z) * h + z * cand
-          outs.append(h)
-      return torch.stack(outs, 1)
-
-  return LNRNN()
-
-
 def _torch_rnn_fns(module, x, dy):
   """``(fwd, fwdbwd)`` callables of no arguments for a PyTorch RNN module (eager)."""
   import numpy as np
@@ -613,7 +546,7 @@ def section_rnn(cfg: Config) -> Section:
     }
     for name, (kind, norm) in torch_models.items():
       models[name] = (kind, None)
-      fwd, fwdbwd = _torch_rnn_fns(_torch_rnn(kind, norm, n_in, hidden), x, dy)
+      fwd, fwdbwd = _torch_rnn_fns(torch_rnn.rnn(kind, norm, n_in, hidden), x, dy)
       compiled += [B.eager(f'{name} | fwd', fwd), B.eager(f'{name} | fwd+bwd', fwdbwd)]
     timings = B.time_interleaved(compiled, reps=cfg.reps, min_seconds=0 if cfg.quick else 3)
     by = {c.name: c for c in compiled}
@@ -697,286 +630,148 @@ def section_rnn(cfg: Config) -> Section:
 # Skip-thoughts training step
 
 
-def _skip_thoughts_config(norm: str):
-  from configs.skip_thoughts import get_config
+def _training_step_section(spec, cfg: Config, targets_of=None) -> Section:
+  """A recurrent experiment's training step (a :class:`scripts.bench_steps.StepBench`).
 
-  return get_config(f'size=cpu,norm={norm}')
-
-
-def _skip_thoughts_batches(config, vocab: int, steps: int, seed: int = 0):
-  """``steps`` random batches of triples: ids ``int32[steps, batch, T]``, lengths.
-
-  Lengths as in the book corpus (``size=cpu``: 19.3 of 30 ids on average, 31% of the
-  sentences cut at 30): 31% at ``T``, the others uniform in 2..T-1 (on average 20.0 of
-  30); each sentence ends with ``<eos>``, then padding. The output layer runs on the real
-  tokens only (``decoder_token_capacity``), so the step's cost depends on them.
+  For every norm of ``spec``: examples/s of our real jitted step and of its PyTorch
+  peer (eager, as many threads as cores), timed interleaved; the model's matmul
+  FLOP/s (3x the forward's per example) as a fraction of the f32 matmul rate
+  measured in the same process. ``targets_of(measured) -> list`` adds targets from
+  ``measured[(impl, norm)] = {'examples_per_s', 'flops_fraction', ...}``.
   """
-  import numpy as np
-
-  from lnorm.lab import text
-
-  rng = np.random.default_rng(seed)
-  shape, length = (steps, config.batch_size), config.max_length
-  out = {}
-  for name in ('prev', 'cur', 'next'):
-    lengths = rng.integers(2, length, shape)
-    lengths = np.where(rng.random(shape) < 0.31, length, lengths).astype(np.int32)
-    ids = rng.integers(len(text.RESERVED), vocab, (*shape, length)).astype(np.int32)
-    pos = np.arange(length)
-    ids[pos >= lengths[..., None]] = text.PAD_ID
-    ids[pos == lengths[..., None] - 1] = text.EOS_ID
-    out[name], out[f'{name}_len'] = ids, lengths
-  return out
-
-
-def _skip_thoughts_flops(config, vocab: int, real_targets: float) -> float:
-  """Forward matmul FLOPs of one triple (2 per multiply-add).
-
-  Encoder GRU ``T * 2 * 3H * (D + H)``; each decoder GRU ``T * 2 * 3H * (D + H + H)``
-  with every-step conditioning (its input is ``[y_t; h_i]``; ``D + H`` with
-  ``initial_state``): the GRUs run over all ``T`` positions. The output layer
-  ``real_targets * 2 * H * V``: it runs on the real target tokens only (both
-  neighbours' ``real_targets`` on average). A training step is counted as 3 forwards
-  (the backward's two matmuls per forward one).
-  """
-  d, h, t = config.embed_dim, config.hidden_dim, config.max_length
-  dec_in = d + h if config.decoder_conditioning == 'every_step' else d
-  enc = t * 2 * 3 * h * (d + h)
-  dec = 2 * t * 2 * 3 * h * (dec_in + h)
-  out = real_targets * 2 * h * vocab
-  return enc + dec + out
-
-
-def _skip_thoughts_ours(norm: str, steps_per_call: int):
-  """(run, num_params, config, vocab): one call of the experiment's real chunked training step."""
-  import numpy as np
-
-  from experiments import skip_thoughts as st
-  from lnorm.lab import models, optimizers, runner, sharding, text
-
-  config = _skip_thoughts_config(norm)
-  vocab = config.vocab_size + len(text.RESERVED)
-  module = st.make_model(config, vocab)
-  model = models.linen(module, st.sample_batch(config.max_length))
-  tx, schedule = optimizers.make_optimizer(config, 10**6)
-  mesh = sharding.make_mesh()
-  params, model_state = model.init(jax.random.key(0))
-  state = runner.TrainState(jax.numpy.int32(0), params, model_state, tx.init(params))
-  holder = {'state': sharding.replicate(state, mesh)}
-  loss_fn = st.make_loss_fn(module, config.decoder_token_capacity)
-  chunk = runner.make_train_chunk(runner.make_train_step(loss_fn, tx, schedule), mesh)
-  batches = _skip_thoughts_batches(config, vocab, steps_per_call)
-  batches = sharding.shard_batch(batches, mesh, batch_axis=1)
-  key = sharding.replicate(jax.random.key(0), mesh)
-
-  def run():
-    holder['state'], metrics, finite = chunk(holder['state'], batches, key)
-    jax.tree.map(np.asarray, metrics)
-    bool(finite)
-
-  num_params = sum(x.size for x in jax.tree.leaves(holder['state'].params))
-  return run, num_params, config, vocab
-
-
-def _skip_thoughts_torch(norm: str, config, vocab: int, threads: int):
-  """One call = one step of a plain PyTorch loop on the same model, loss and optimizer.
-
-  Embedding ``U[-0.1, 0.1]``, encoder and two every-step-conditioned decoders
-  (``torch.nn.GRU``, or the hand-written LN-GRU of ``_torch_rnn``), the
-  sentence vector the encoder's output at each sentence's last word, a full
-  softmax output layer on the real target tokens only (both decoders' states
-  at them, selected with a boolean mask: eager PyTorch's natural way, and the
-  same work as ours), the per-token NLL of both neighbours, Adam (lr 1e-3)
-  after clipping the gradient's global norm at 5.
-  """
-  import torch
-
-  torch.manual_seed(0)
-  d, h, t = config.embed_dim, config.hidden_dim, config.max_length
-  dec_in = d + h if config.decoder_conditioning == 'every_step' else d
-
-  class Model(torch.nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.embed = torch.nn.Embedding(vocab, d)
-      torch.nn.init.uniform_(self.embed.weight, -0.1, 0.1)
-      self.encoder = _torch_rnn('gru', norm, d, h)
-      self.decoders = torch.nn.ModuleList([_torch_rnn('gru', norm, dec_in, h) for _ in range(2)])
-      self.output = torch.nn.Linear(h, vocab)
-
-    def forward(self, b):
-      states = self.encoder(self.embed(b['cur']))
-      vectors = states[torch.arange(states.shape[0]), b['cur_len'] - 1]
-      real_states, real_targets = [], []
-      for decoder, which in zip(self.decoders, ('prev', 'next'), strict=True):
-        target = b[which]
-        y = self.embed(target)
-        y = torch.cat([torch.zeros_like(y[:, :1]), y[:, :-1]], 1)
-        if config.decoder_conditioning == 'every_step':
-          y = torch.cat([y, vectors[:, None].expand(-1, t, -1)], -1)
-        mask = torch.arange(t)[None] < b[f'{which}_len'][:, None]
-        real_states.append(decoder(y)[mask])
-        real_targets.append(target[mask])
-      logits = self.output(torch.cat(real_states))
-      return torch.nn.functional.cross_entropy(logits, torch.cat(real_targets))
-
-  model = Model().train()
-  opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-8)
-  steps_per_call = 4
-  batches = _skip_thoughts_batches(config, vocab, steps_per_call)  # The same as ours.
-  batches = [
-    {k: torch.from_numpy(v[i]).long() for k, v in batches.items()} for i in range(steps_per_call)
-  ]
-  step = [0]
-
-  def run():
-    torch.set_num_threads(threads)
-    i = step[0] = (step[0] + 1) % steps_per_call
-    opt.zero_grad(set_to_none=True)
-    loss = model(batches[i])
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-    opt.step()
-
-  return run
-
-
-def section_skip_thoughts(cfg: Config) -> Section:
-  import numpy as np
   import torch
 
   cores = B.machine_info()['cores']
-  rates = _machine_rates(cfg)
-  matmul = rates['matmul']
-  norms = ('none', 'layer')
-  spc = _skip_thoughts_config('layer').steps_per_call
-  runners, compile_s, steps, info = {}, {}, {}, {}
-  for norm in norms:
+  matmul = _machine_rates(cfg)['matmul']
+  runners, steps, compile_s = {}, {}, {}
+  for norm in spec.norms:
     t0 = time.perf_counter()
-    run, num_params, config, vocab = _skip_thoughts_ours(norm, spc)
-    run()
-    compile_s[f'ours {norm}'] = time.perf_counter() - t0
-    runners[f'ours {norm}'], steps[f'ours {norm}'] = run, spc
-    info[norm] = (num_params, config, vocab)
-    runners[f'torch eager {norm}'] = _skip_thoughts_torch(norm, config, vocab, cores)
+    step = spec.ours(norm, cfg.quick)
+    step.run()
+    compile_s[norm] = time.perf_counter() - t0
+    steps[norm] = step
+    runners[('ours', norm)] = step.run
+    runners[('torch eager', norm)] = spec.torch(norm, step, cores)
   reps = 3 if cfg.quick else max(5, cfg.reps // 2 + 1)
-  timings = B.time_stateful(runners, reps=reps, target_s=0.5)
+  timings = B.time_stateful(
+    {f'{impl} {norm}': run for (impl, norm), run in runners.items()}, reps=reps, target_s=0.5
+  )
   torch.set_num_threads(cores)
-  batch = info['layer'][1].batch_size
-  ex = {k: batch * steps.get(k, 1) / t.median for k, t in timings.items()}
-  rows, records, targets = [], [], []
-  flops_note = {}
-  timed = _skip_thoughts_batches(info['layer'][1], info['layer'][2], spc)  # What ran above.
-  real_targets = float(np.mean(timed['prev_len'] + timed['next_len']))
-  for norm in norms:
-    num_params, config, vocab = info[norm]
-    flops_per_ex = 3 * _skip_thoughts_flops(config, vocab, real_targets)
-    for impl in ('ours', 'torch eager'):
-      name = f'{impl} {norm}'
-      t = timings[name]
-      s_step = t.median / steps.get(name, 1)
-      frac = flops_per_ex * ex[name] / matmul
-      flops_note[name] = frac
-      rows.append(
-        [
-          norm,
-          impl,
-          f'{ex[name]:,.1f}',
-          f'{s_step * 1e3:.0f}',
-          f'{t.cpu_median / steps.get(name, 1) * 1e3:.0f}',
-          B.ratio(ex[f'ours {norm}'], ex[name]),
-          f'{frac:.0%}',
-          f'{compile_s[name]:.1f}' if name in compile_s else '',
-        ]
-      )
-      records.append(
-        {
-          'section': 'skip_thoughts',
-          'norm': norm,
-          'impl': impl,
-          'batch': batch,
-          'steps_per_call': steps.get(name, 1),
-          'examples_per_s': ex[name],
-          'step_s': s_step,
-          'cpu_step_s': t.cpu_median / steps.get(name, 1),
-          'wall_s': t.wall,
-          'num_params': num_params,
-          'train_flops_per_example': flops_per_ex,
-          'model_flops_per_s': flops_per_ex * ex[name],
-          'matmul_flops_per_s': matmul,
-          'compile_s': compile_s.get(name),
-        }
-      )
-    targets.append(
-      _target(
-        f'skip-thoughts ours / torch eager, size=cpu, norm={norm}',
-        ex[f'ours {norm}'] / ex[f'torch eager {norm}'],
-        1.5,
-        f'{ex[f"ours {norm}"]:.1f} vs {ex[f"torch eager {norm}"]:.1f} triples/s',
-        True,
-      )
+  measured, rows, records = {}, [], []
+  for (impl, norm), _ in runners.items():
+    step, t = steps[norm], timings[f'{impl} {norm}']
+    per_call = step.steps_per_call if impl == 'ours' else 1
+    s_step = t.median / per_call
+    ex = step.batch_size / s_step
+    flops = 3 * step.forward_flops
+    measured[(impl, norm)] = {
+      'examples_per_s': ex,
+      'flops_fraction': flops * ex / matmul,
+      'model_flops_per_s': flops * ex,
+    }
+    records.append(
+      {
+        'section': spec.title,
+        'norm': norm,
+        'impl': impl,
+        'batch': step.batch_size,
+        'steps_per_call': per_call,
+        'examples_per_s': ex,
+        'step_s': s_step,
+        'cpu_step_s': t.cpu_median / per_call,
+        'wall_s': t.wall,
+        'num_params': step.num_params,
+        'train_flops_per_example': flops,
+        'model_flops_per_s': flops * ex,
+        'matmul_flops_per_s': matmul,
+        'compile_s': compile_s[norm] if impl == 'ours' else None,
+      }
     )
+  for (impl, norm), m in measured.items():
+    ours = measured[('ours', norm)]['examples_per_s']
+    rows.append(
+      [
+        norm,
+        impl,
+        f'{m["examples_per_s"]:,.1f}',
+        f'{steps[norm].batch_size / m["examples_per_s"] * 1e3:.1f}',
+        B.ratio(ours, m['examples_per_s']),
+        f'{m["flops_fraction"]:.0%}',
+        f'{compile_s[norm]:.1f}' if impl == 'ours' else '',
+      ]
+    )
+  first = steps[spec.norms[0]]
+  header = [
+    'norm', 'implementation', f'{spec.unit}/s', 'ms/step', 'ours / this', 'FLOP/s vs matmul',
+    'compile s',
+  ]  # fmt: skip
+  params = ', '.join(f'{norm} {steps[norm].num_params:,}' for norm in spec.norms)
+  md = '\n'.join(
+    [
+      *spec.description,
+      '',
+      f'Batch {first.batch_size} {spec.unit}, {first.steps_per_call} steps per jitted call',
+      f'(ours; state donated, metrics fetched each call); parameters: {params}. "FLOP/s vs',
+      f'matmul" counts {3 * first.forward_flops / 1e9:.3g} GFLOP per example',
+      f'({spec.norms[0]}; 3x the forward matmuls) against the f32 matmul rate measured in',
+      f'the same process ({matmul / 1e9:.1f} GFLOP/s, 2048^3). Medians of {reps} interleaved',
+      'repetitions of about 0.5 s of calls each, after warm-up.',
+      '',
+      B.markdown_table(header, rows),
+    ]
+  )
+  targets = targets_of(measured) if targets_of else []
+  records.append({'section': spec.title, 'matmul_flops_per_s': matmul})
+  return Section(spec.title, md, records, targets)
+
+
+def _skip_thoughts_targets(m) -> list[dict[str, Any]]:
+  """The issue's skip-thoughts targets: 1.5x PyTorch, 60% of the matmul rate, LN / plain."""
+  ex = {k: v['examples_per_s'] for k, v in m.items()}
+  targets = [
+    _target(
+      f'skip-thoughts ours / torch eager, size=cpu, norm={norm}',
+      ex[('ours', norm)] / ex[('torch eager', norm)],
+      1.5,
+      f'{ex[("ours", norm)]:.1f} vs {ex[("torch eager", norm)]:.1f} triples/s',
+      True,
+    )
+    for norm in ('none', 'layer')
+  ]
+  frac = m[('ours', 'layer')]['flops_fraction']
   targets.append(
     _target(
       'skip-thoughts model FLOP/s / matmul FLOP/s, size=cpu, norm=layer',
-      flops_note['ours layer'],
+      frac,
       0.6,
-      f'{flops_note["ours layer"] * matmul / 1e9:.1f} of {matmul / 1e9:.1f} GFLOP/s; '
-      f'norm=none: {flops_note["ours none"]:.0%}',
+      f'{m[("ours", "layer")]["model_flops_per_s"] / 1e9:.1f} GFLOP/s; '
+      f'norm=none: {m[("ours", "none")]["flops_fraction"]:.0%}',
       True,
     )
   )
   targets.append(
     _target(
-      'skip-thoughts step, LN / plain, size=cpu',
-      ex['ours none'] / ex['ours layer'],
-      1.10,
+      'skip-thoughts step, LN / plain, size=cpu', ex[('ours', 'none')] / ex[('ours', 'layer')], 1.10
     )
   )
-  records.append({'section': 'skip_thoughts_machine', **rates})
-  config = info['layer'][1]
-  header = [
-    'norm',
-    'implementation',
-    'triples/s',
-    'ms/step',
-    'CPU ms/step',
-    'ours / this',
-    'FLOP/s vs matmul',
-    'compile s',
-  ]
-  fpe = _skip_thoughts_flops(config, info['layer'][2], real_targets)
-  md = '\n'.join(
-    [
-      'Training throughput of skip-thoughts at `size=cpu` (paper §6.3;',
-      f'`configs/skip_thoughts.py:size=cpu`: embeddings {config.embed_dim}, GRUs',
-      f'{config.hidden_dim}, {info["layer"][2]:,} ids, batch {batch} triples, sentences of',
-      f'{config.max_length} ids, every-step conditioned decoders, Adam with clipping at',
-      f'{config.grad_clip_norm:g}; P = {info["layer"][0]:,} parameters with layer norm).',
-      "**ours**: the experiment's real step (`experiments.skip_thoughts.make_loss_fn` ->",
-      '`lnorm.lab.runner.make_train_step` -> `make_train_chunk`, state donated,',
-      f'{spc} steps per jitted call as the config, the output layer on the real target',
-      'tokens only) on random triples already on the device, sentence lengths as in the',
-      f'book corpus ({real_targets / 2:.1f} of {config.max_length} ids on average).',
-      '**torch eager**: the same model in PyTorch (`nn.GRU` for `none`; the',
-      "paper's LN-GRU written by hand for `layer`, its input projections and their",
-      'layer norms over all steps at once; the output layer on the real tokens, picked',
-      'with a boolean mask), `torch.optim.Adam` after',
-      f'`clip_grad_norm_`, `torch.set_num_threads({cores})`. Medians of {reps}',
-      'interleaved repetitions after warm-up.',
-      '',
-      f'"FLOP/s vs matmul" counts {3 * fpe / 1e9:.2f} GFLOP per triple: 3x the forward',
-      "matmuls of the encoder's and both decoders' GRUs over all 30 positions and of",
-      f'the {info["layer"][2]:,}-way output layer at the {real_targets:.1f} real target',
-      'tokens, against the f32 matmul rate',
-      f'measured in the same process ({matmul / 1e9:.1f} GFLOP/s, 2048^3). Layer',
-      "norm's own arithmetic, the softmax, the embeddings and Adam are counted as",
-      'free.',
-      '',
-      B.markdown_table(header, rows),
-    ]
-  )
-  return Section('Skip-thoughts training step', md, records, targets)
+  return targets
+
+
+def section_skip_thoughts(cfg: Config) -> Section:
+  from scripts.bench_steps import skip_thoughts
+
+  return _training_step_section(skip_thoughts.SPEC, cfg, _skip_thoughts_targets)
+
+
+def _experiment_section(name: str):
+  """``section_<name>``: the training step of ``scripts/bench_steps/<name>.py``'s SPEC."""
+
+  def section(cfg: Config) -> Section:
+    import importlib
+
+    return _training_step_section(importlib.import_module(f'scripts.bench_steps.{name}').SPEC, cfg)
+
+  return section
 
 
 # ----------------------------------------------------------------------------
@@ -1317,10 +1112,14 @@ def section_pmnist(cfg: Config) -> Section:
   return Section('pMNIST training throughput', md, records, targets)
 
 
+#: The other recurrent experiments' training steps (``scripts/bench_steps/<name>.py``).
+EXPERIMENT_STEPS = ('attentive_reader', 'draw', 'handwriting', 'order_embeddings')
+
 SECTIONS = {
   'layer_norm': section_layer_norm,
   'rnn': section_rnn,
   'skip_thoughts': section_skip_thoughts,
+  **{name: _experiment_section(name) for name in EXPERIMENT_STEPS},
   'pmnist': section_pmnist,
   'allocator': section_allocator,
   'alloc_probe': section_alloc_probe,
