@@ -30,6 +30,11 @@ Sections (``--sections``, comma-separated; add one by writing a function
   at ``size=cpu`` (norm none and layer), the model's matmul FLOP/s as a
   fraction of the f32 matmul rate measured in the same process, and the same
   model, loss and optimizer in PyTorch.
+* ``attentive_reader``, ``draw``, ``handwriting``, ``order_embeddings``: the same for
+  the other recurrent experiments at the sizes their results used, each from the
+  ``SPEC`` of ``scripts/bench_steps/<name>.py`` (ours: the experiment's real step on
+  synthetic batches shaped like its data; the peer: the same model, loss and
+  optimizer in eager PyTorch, tested to give the same loss at the same parameters).
 * ``pmnist``: training throughput (examples/s) of the pMNIST MLP at batch 128
   and 4 (norm none, layer, batch): the experiment's real chunked, donated
   training step against the same model and Adam in PyTorch (eager with as many
@@ -69,7 +74,11 @@ REPO = Path(__file__).resolve().parents[1]
 def _parse_args(argv=None):
   p = cli.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--quick', action='store_true', help='smaller shapes and fewer repetitions')
-  p.add_argument('--sections', default='layer_norm,rnn,skip_thoughts,pmnist,allocator')
+  p.add_argument(
+    '--sections',
+    default='layer_norm,rnn,skip_thoughts,attentive_reader,draw,handwriting,order_embeddings,'
+    'pmnist,allocator',
+  )
   p.add_argument('--reps', type=int, default=None, help='repetitions per timing (median)')
   p.add_argument('--out', default=None, help='report path without suffix (default results/bench)')
   p.add_argument(

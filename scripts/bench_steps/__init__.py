@@ -117,11 +117,24 @@ def torch_batches(batches: dict[str, np.ndarray], step: int) -> dict[str, Any]:
   return out
 
 
+def peer_param_count(model) -> int:
+  """Parameters of a PyTorch peer, less ``torch.nn.LSTM``/``GRU``'s second bias vectors.
+
+  PyTorch's recurrent layers carry two biases per gate (``bias_ih_l*`` and
+  ``bias_hh_l*``); ours carry one. For the LSTM the second is redundant; in
+  PyTorch's GRU the candidate's ``b_hn`` sits inside ``r * (U h + b_hn)``, a small
+  difference of parametrization with the same matmuls. Either way the count without
+  ``bias_hh_*`` is the one to compare with ours.
+  """
+  return sum(p.numel() for name, p in model.named_parameters() if '.bias_hh_' not in f'.{name}')
+
+
 def torch_step_runner(model, optimizer, loss_of_batch, batches, threads: int, clip=None):
   """One call = one eager optimizer step on the next of ``batches`` (cycled).
 
   ``loss_of_batch(model, batch) -> scalar loss``; ``clip``: the global gradient norm
-  clipped to (``torch.nn.utils.clip_grad_norm_``), or ``None``.
+  clipped to (``torch.nn.utils.clip_grad_norm_``), or ``None``. The returned function's
+  ``model`` attribute is ``model`` (tests compare its parameters with ours).
   """
   import torch
 
@@ -139,4 +152,5 @@ def torch_step_runner(model, optimizer, loss_of_batch, batches, threads: int, cl
       torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
 
+  run.model = model
   return run

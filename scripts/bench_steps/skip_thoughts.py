@@ -54,13 +54,11 @@ def forward_flops(config, vocab: int, real_targets: float) -> float:
   return enc + dec + out
 
 
-def ours(norm: str, quick: bool) -> Step:
-  """The experiment's real chunked training step (the output layer on the real tokens)."""
-  del quick  # One size: the step is the measurement.
+def build(config) -> Step:
+  """The experiment's real chunked training step at ``config`` (output layer on real tokens)."""
   from experiments import skip_thoughts as st
   from lnorm.lab import models, text
 
-  config = config_of(norm)
   vocab = config.vocab_size + len(text.RESERVED)
   module = st.make_model(config, vocab)
   model = models.linen(module, st.sample_batch(config.max_length))
@@ -73,6 +71,12 @@ def ours(norm: str, quick: bool) -> Step:
     forward_flops(config, vocab, real_targets), config, batches,
     {'vocab': vocab, 'real_targets': real_targets},
   )  # fmt: skip
+
+
+def ours(norm: str, quick: bool) -> Step:
+  """:func:`build` at ``size=cpu`` (``quick`` changes nothing: the step is the measurement)."""
+  del quick
+  return build(config_of(norm))
 
 
 def torch_peer(norm: str, step: Step, threads: int):
