@@ -117,7 +117,6 @@ import jax.numpy as jnp  # noqa: E402
 
 from lnorm import functional as F  # noqa: E402
 from lnorm.lab import benchmarking as B  # noqa: E402
-from scripts.bench_steps import torch_rnn  # noqa: E402
 
 
 @dataclass
@@ -492,6 +491,7 @@ def section_rnn(cfg: Config) -> Section:
   import torch
 
   from lnorm import recurrent as R
+  from scripts.bench_steps import torch_rnn
 
   torch.set_num_threads(B.machine_info()['cores'])
   torch.manual_seed(0)
@@ -811,7 +811,9 @@ def section_allocator(cfg: Config) -> Section:
   for setting in ('default', 'hugetlb'):
     with tempfile.TemporaryDirectory() as tmp:
       out = Path(tmp) / 'probe'
-      cmd = [sys.executable, __file__, '--sections=alloc_probe', f'--allocator={setting}']
+      # As a module from the repository root, as the run book runs it (scripts.* imports).
+      cmd = [sys.executable, '-m', 'scripts.bench', '--sections=alloc_probe']
+      cmd += [f'--allocator={setting}']
       cmd += ['--out', str(out), f'--reps={cfg.reps}'] + (['--quick'] if cfg.quick else [])
       subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
       results[setting] = json.loads(out.with_suffix('.json').read_text())['records']
