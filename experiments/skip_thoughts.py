@@ -49,6 +49,7 @@ does the same for any checkpoint of a workdir, by default with the full protocol
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -282,6 +283,77 @@ def triple_nll(
     capacity,
   )
   return nll[:b], tokens[:b], nll[b:], tokens[b:]
+
+
+#: What the decoders are conditioned on in :func:`conditioned_triple_nll` (an ablation):
+#: each triple's own sentence vector, another triple's (the batch's vectors rolled by half
+#: the batch: with the held-out triples in corpus order, a sentence far from this one), or
+#: zeros.
+CONDITIONING = ('own', 'other', 'zero')
+
+
+def conditioned_triple_nll(
+  model: SkipThoughts, params: Any, batch: dict[str, jax.Array], conditioning: str
+) -> tuple[jax.Array, jax.Array]:
+  """Summed NLL and token counts ``<float32>[batch]`` of each triple's neighbours (both
+  decoders together), with the decoders given the vectors ``conditioning`` names.
+
+  ``'own'`` is :func:`triple_nll`'s loss (unpacked); the gap to ``'other'`` (per token) is
+  what the decoders take from the sentence vector beyond what any sentence vector gives.
+  """
+  config_args.check_choice('conditioning', conditioning, CONDITIONING)
+  vectors = model.apply({'params': params}, batch['cur'], batch['cur_len'], method=model.encode)
+  if conditioning == 'other':
+    vectors = jnp.roll(vectors, vectors.shape[0] // 2, axis=0)
+  elif conditioning == 'zero':
+    vectors = jnp.zeros_like(vectors)
+  states = [
+    model.apply({'params': params}, which, vectors, batch[which], method=model.decode_states)
+    for which in ('prev', 'next')
+  ]
+  nll, tokens = sequence_nll(
+    lambda x: model.apply({'params': params}, x, method=model.logits),
+    jnp.concatenate(states),
+    jnp.concatenate([batch['prev'], batch['next']]),
+    jnp.concatenate([batch['prev_len'], batch['next_len']]),
+    None,
+  )
+  b = batch['prev'].shape[0]
+  return nll[:b] + nll[b:], tokens[:b] + tokens[b:]
+
+
+def conditioning_nll(
+  workdir: str | os.PathLike, step: int | None = None, batch_size: int = 250
+) -> dict:
+  """Held-out NLL per token of checkpoint ``step`` for each of :data:`CONDITIONING`.
+
+  The run's ``num_valid`` held-out triples (the same as ``valid/nll``), in batches of
+  ``batch_size`` in corpus order (the last partial batch dropped, so that ``'other'``
+  always rolls by half a full batch). Returns ``{'step', 'triples', 'nll': {conditioning:
+  nats per token}}``, also written to ``<workdir>/conditioning-<step>.json``.
+  """
+  config, model, params, vocab, step = load_checkpoint(workdir, step)
+  del vocab
+  books_dir = workdir_lib.find_data_dir('books', config.data_dir)
+  if not books_dir:
+    raise FileNotFoundError("no books: set $LNORM_DATA_DIR or the run's data_dir.")
+  data = prepare_data(config, workdir, books_dir)
+  centers = data['valid'][: len(data['valid']) // batch_size * batch_size]
+  if not len(centers):
+    raise ValueError(f'fewer than batch_size={batch_size} held-out triples in {workdir}.')
+  fn = jax.jit(functools.partial(conditioned_triple_nll, model), static_argnums=2)
+  nll = {}
+  for conditioning in CONDITIONING:
+    total = tokens = 0.0
+    for start in range(0, len(centers), batch_size):
+      batch = triple_batch(data, centers[start : start + batch_size])
+      s, n = fn(params, batch, conditioning)
+      total, tokens = total + float(s.sum()), tokens + float(n.sum())
+    nll[conditioning] = total / tokens
+  out = {'step': step, 'triples': len(centers), 'nll': nll}
+  path = pathlib.Path(workdir) / f'conditioning-{step}.json'
+  path.write_text(json.dumps(out, indent=1) + '\n')
+  return out
 
 
 def make_loss_fn(model: SkipThoughts, capacity_fraction: float | None = None) -> LossFn:

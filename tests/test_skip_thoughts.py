@@ -304,6 +304,13 @@ def test_end_to_end_through_main_and_evaluate_checkpoint(tmp_path, data_dirs):
   )
   with pytest.raises(ValueError, match='encoder must be one of'):
     st.evaluate_checkpoint(workdir, tasks='MR', encoder='lstm')
+  # The conditioning ablation: with each triple's own vector it is valid/nll (16 held-out
+  # triples, two batches of 8), and it is written beside the checkpoint.
+  cond = st.conditioning_nll(workdir, batch_size=8)
+  assert cond['step'] == 4 and cond['triples'] == 16
+  assert cond['nll']['own'] == pytest.approx(rows[-1]['valid/nll'], rel=1e-5)
+  assert set(cond['nll']) == set(st.CONDITIONING)
+  assert json.loads((workdir / 'conditioning-4.json').read_text()) == cond
 
 
 def test_embedding_bag_encoder_is_the_mean_of_the_model_embeddings():
@@ -428,3 +435,36 @@ def test_mean_pooling_is_the_mean_of_the_states_at_each_prefix():
   encoder = st.make_encoder(model, params, text_lib.Vocabulary.build([['a', 'b']], 5), 12,
                             pooling='mean')  # fmt: skip
   assert encoder(['a b', 'b']).shape == (2, 16)
+
+
+def test_conditioned_nll_is_the_loss_with_own_vectors_and_differs_with_others():
+  model, params = _model_and_params('layer')
+  rng = np.random.default_rng(1)
+  seqs = [list(rng.integers(3, 50, rng.integers(1, 11))) + [text_lib.EOS_ID] for _ in range(10)]
+  ids, lengths = text_lib.pad_batch(seqs, length=12)
+  batch = st.triple_batch({'ids': ids, 'lengths': lengths}, np.arange(1, 9))
+  sp, np_, sn, nn_ = st.triple_nll(model, params, batch, None)
+  own, tokens = st.conditioned_triple_nll(model, params, batch, 'own')
+  np.testing.assert_allclose(own, sp + sn, rtol=1e-6)
+  np.testing.assert_array_equal(tokens, np_ + nn_)
+  other, _ = st.conditioned_triple_nll(model, params, batch, 'other')
+  zero, _ = st.conditioned_triple_nll(model, params, batch, 'zero')
+  assert not np.allclose(other, own) and not np.allclose(zero, own)
+  # 'other' is triple i decoded from the vector of triple i + 4 (half the batch of 8).
+  swapped = dict(batch, cur=np.roll(batch['cur'], 4, 0), cur_len=np.roll(batch['cur_len'], 4, 0))
+  rolled, _ = st.conditioned_triple_nll(model, params, swapped, 'own')
+  np.testing.assert_allclose(other, rolled, rtol=1e-6)
+  # Zero vectors: the decoders' input is the embeddings and zeros.
+  vectors = np.zeros((8, 16), np.float32)
+  states = [
+    model.apply({'params': params}, w, vectors, batch[w], method=model.decode_states)
+    for w in ('prev', 'next')
+  ]
+  logits = model.apply({'params': params}, jnp.concatenate(states), method=model.logits)
+  targets = np.concatenate([batch['prev'], batch['next']])
+  real = np.arange(12)[None] < np.concatenate([batch['prev_len'], batch['next_len']])[:, None]
+  lp = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), targets[..., None], -1)[..., 0]
+  per_seq = -(lp * real).sum(-1)
+  np.testing.assert_allclose(zero, per_seq[:8] + per_seq[8:], rtol=1e-5)
+  with pytest.raises(ValueError, match='conditioning must be one of'):
+    st.conditioned_triple_nll(model, params, batch, 'shuffled')
