@@ -853,34 +853,16 @@ def _pmnist_ours(norm: str, batch: int, steps_per_call: int):
   import numpy as np
 
   from experiments import pmnist
-  from lnorm.lab import optimizers, runner, sharding
+  from scripts.bench_steps import chunk_runner
 
   config = _pmnist_config(norm, batch)
   model = pmnist.make_model(config)
-  tx, schedule = optimizers.make_optimizer(config, 10**6)
-  mesh = sharding.make_mesh()
-  params, model_state = model.init(jax.random.key(0))
-  state = runner.TrainState(jax.numpy.int32(0), params, model_state, tx.init(params))
-  holder = {'state': sharding.replicate(state, mesh)}
-  chunk = runner.make_train_chunk(
-    runner.make_train_step(pmnist.make_loss_fn(model), tx, schedule), mesh
-  )
   rng = np.random.default_rng(0)
   batches = {
     'image': rng.random((steps_per_call, batch, pmnist.NUM_PIXELS), np.float32),
     'label': rng.integers(0, pmnist.NUM_CLASSES, (steps_per_call, batch), np.int32),
   }
-  batches = sharding.shard_batch(batches, mesh, batch_axis=1)
-  key = sharding.replicate(jax.random.key(0), mesh)
-
-  def run():
-    # As train_loop does: one call, then the metrics and the finiteness flag on the host.
-    holder['state'], metrics, finite = chunk(holder['state'], batches, key)
-    jax.tree.map(np.asarray, metrics)
-    bool(finite)
-
-  num_params = sum(x.size for x in jax.tree.leaves(holder['state'].params))
-  return run, num_params
+  return chunk_runner(model.init, pmnist.make_loss_fn(model), config, batches)
 
 
 def _pmnist_config(norm: str, batch: int):
