@@ -1,20 +1,21 @@
 """Builds and loads lnorm's C++ CPU kernels (``lnorm/csrc``) and registers them with XLA.
 
-The layer-norm kernel (``csrc/layer_norm.cc``) is compiled on first use with the
+The kernels (``csrc/layer_norm.cc``: layer norm; ``csrc/recurrent_cells.cc``: the
+LN-LSTM and LN-GRU state updates) are compiled into one library on first use with the
 system's C++ compiler against the XLA FFI headers of the installed jaxlib
 (``jax.ffi.include_dir()``), into a cache directory keyed by the source, the
 jaxlib version, the compiler and the CPU's instruction-set flags (it is built
 with ``-march=native``). ``make setup`` builds it once ahead of time
 (``python -m lnorm._ffi``). Nothing here is needed for correctness: when there
 is no compiler, no headers, or the build or load fails, :func:`layer_norm_kernel`
-says so (logged once at debug level) and ``lnorm.functional.layer_norm`` uses
-its XLA path.
+says so (logged once at debug level) and ``lnorm.functional.layer_norm`` and
+``lnorm.fused_cells`` use their XLA paths.
 
 Environment:
 
 * ``LNORM_LAYER_NORM_KERNEL``: ``0``/``xla``/``off``/``false`` forces the XLA
-  path (read when ``layer_norm`` is traced); unset or anything else uses the
-  kernel where it can.
+  paths of every kernel here (read when ``layer_norm`` or a cell is traced);
+  unset or anything else uses the kernels where they can.
 * ``LNORM_CACHE_DIR``: where the compiled library goes (default
   ``$XDG_CACHE_HOME/lnorm/ffi``, else ``~/.cache/lnorm/ffi``).
 * ``CXX``: the compiler (default ``g++``, else ``c++``).
@@ -38,12 +39,27 @@ import jax
 
 log = logging.getLogger(__name__)
 
-SOURCE = pathlib.Path(__file__).resolve().parent / 'csrc' / 'layer_norm.cc'
+CSRC = pathlib.Path(__file__).resolve().parent / 'csrc'
+#: The translation units of the library (the headers next to them are part of its cache key).
+SOURCES = (CSRC / 'layer_norm.cc', CSRC / 'recurrent_cells.cc')
 ENV_SWITCH = 'LNORM_LAYER_NORM_KERNEL'
 _OFF = ('0', 'xla', 'off', 'false', 'no')
 #: FFI target names, as registered with XLA (platform 'cpu').
 FWD_TARGET = 'lnorm_layer_norm_fwd'
 BWD_TARGET = 'lnorm_layer_norm_bwd'
+LSTM_FWD_TARGET = 'lnorm_ln_lstm_fwd'
+LSTM_BWD_TARGET = 'lnorm_ln_lstm_bwd'
+GRU_FWD_TARGET = 'lnorm_ln_gru_fwd'
+GRU_BWD_TARGET = 'lnorm_ln_gru_bwd'
+#: (target, symbol in the library) of every kernel.
+_HANDLERS = (
+  (FWD_TARGET, 'LnormLayerNormFwd'),
+  (BWD_TARGET, 'LnormLayerNormBwd'),
+  (LSTM_FWD_TARGET, 'LnormLnLstmFwd'),
+  (LSTM_BWD_TARGET, 'LnormLnLstmBwd'),
+  (GRU_FWD_TARGET, 'LnormLnGruFwd'),
+  (GRU_BWD_TARGET, 'LnormLnGruBwd'),
+)
 
 
 def kernel_enabled() -> bool:
@@ -100,7 +116,7 @@ def _command(cxx: str, include: pathlib.Path, out: pathlib.Path) -> list[str]:
     '-fPIC',
     '-isystem',
     str(include),
-    str(SOURCE),
+    *map(str, SOURCES),
     '-o',
     str(out),
   ]
@@ -109,12 +125,13 @@ def _command(cxx: str, include: pathlib.Path, out: pathlib.Path) -> list[str]:
 def library_path(cxx: str, include: pathlib.Path) -> pathlib.Path:
   """Where the library for this source, jaxlib, compiler and CPU is cached."""
   key = hashlib.sha256()
-  key.update(SOURCE.read_bytes())
+  for source in sorted(CSRC.glob('*.[ch]*')):
+    key.update(source.name.encode() + source.read_bytes())
   key.update(jax.lib.__version__.encode() if hasattr(jax.lib, '__version__') else b'')
   key.update(jax.__version__.encode())
   key.update(' '.join(_command(cxx, include, pathlib.Path('out'))).encode())
   key.update(_cpu_flags().encode())
-  return cache_dir() / f'layer_norm-{key.hexdigest()[:16]}.so'
+  return cache_dir() / f'kernels-{key.hexdigest()[:16]}.so'
 
 
 def build(force: bool = False) -> pathlib.Path:
@@ -151,7 +168,7 @@ def build(force: bool = False) -> pathlib.Path:
       _command(cxx, include, pathlib.Path(tmp)), capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
-      raise RuntimeError(f'compiling {SOURCE.name} failed:\n{proc.stderr[-4000:]}')
+      raise RuntimeError(f'compiling lnorm/csrc failed:\n{proc.stderr[-4000:]}')
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -164,22 +181,18 @@ def _load() -> tuple[bool, str]:
   try:
     path = build()
     lib = ctypes.CDLL(str(path))
-    jax.ffi.register_ffi_target(
-      FWD_TARGET, jax.ffi.pycapsule(lib.LnormLayerNormFwd), platform='cpu'
-    )
-    jax.ffi.register_ffi_target(
-      BWD_TARGET, jax.ffi.pycapsule(lib.LnormLayerNormBwd), platform='cpu'
-    )
+    for target, symbol in _HANDLERS:
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform='cpu')
   except Exception as e:  # Any failure: the XLA path, which is always correct.
     reason = f'{type(e).__name__}: {e}'
-    log.debug('lnorm layer-norm CPU kernel unavailable, using the XLA path: %s', reason)
+    log.debug('lnorm CPU kernels unavailable, using the XLA paths: %s', reason)
     return False, reason
-  log.debug('lnorm layer-norm CPU kernel loaded from %s', path)
+  log.debug('lnorm CPU kernels loaded from %s', path)
   return True, str(path)
 
 
 def layer_norm_kernel() -> tuple[bool, str]:
-  """``(available, detail)``: builds (once per process) and registers the kernel.
+  """``(available, detail)``: builds (once per process) and registers every kernel.
 
   ``detail`` is the library's path, or why it is unavailable. Does not look at
   ``$LNORM_LAYER_NORM_KERNEL`` (see :func:`kernel_enabled`).
@@ -188,9 +201,9 @@ def layer_norm_kernel() -> tuple[bool, str]:
 
 
 def main() -> None:
-  """``python -m lnorm._ffi``: build the kernel now (``make setup``); never fails."""
+  """``python -m lnorm._ffi``: build the kernels now (``make setup``); never fails."""
   ok, detail = layer_norm_kernel()
-  print(f'lnorm layer-norm CPU kernel: {"built" if ok else "unavailable"} ({detail})')
+  print(f'lnorm CPU kernels: {"built" if ok else "unavailable"} ({detail})')
   sys.exit(0)
 
 

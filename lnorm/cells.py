@@ -30,10 +30,13 @@ import jax
 import jax.numpy as jnp
 
 from lnorm import functional as F
+from lnorm import fused_cells
 
 Array = jax.Array
 Initializer = Callable[..., Array]
 Normalizer = Callable[[Array], Array] | None
+#: A layer norm's ``(scale, bias)``.
+LNParams = tuple[Array, Array]
 
 #: Normalizations an LSTM cell accepts (``'draw'``: LN on the cell state only).
 LSTM_NORMS = ('none', 'layer', 'draw')
@@ -245,6 +248,108 @@ def gru_step(
   z, r = jnp.split(gates, 2, axis=-1)
   candidate = jnp.tanh(cx + jax.nn.sigmoid(r) * _apply(norm_ch, ch))
   new_h = gru_state_update(hc, z, candidate).astype(h.dtype)
+  return new_h, new_h
+
+
+def _layer_norm_with(params: LNParams, eps: float) -> Normalizer:
+  scale, bias = params
+  return lambda v: F.layer_norm(v, scale, bias, eps=eps)
+
+
+def _same_rows(*arrays: Array) -> list[Array]:
+  """The arrays broadcast to one shape of leading (batch) axes: the kernels' rows."""
+  lead = jnp.broadcast_shapes(*(a.shape[:-1] for a in arrays))
+  return [jnp.broadcast_to(a, lead + a.shape[-1:]) for a in arrays]
+
+
+def ln_lstm_step(
+  carry: tuple[Array, Array],
+  inputs: Array,
+  *,
+  input_kernel: Array,
+  recurrent_kernel: Array,
+  bias: Array,
+  ln_h: LNParams,
+  ln_x: LNParams,
+  ln_c: LNParams,
+  eps: float = F.DEFAULT_EPS,
+  dtype: Any = None,
+) -> tuple[tuple[Array, Array], Array]:
+  """One LN-LSTM step (eqs. 20-22) from the layer norms' ``(scale, bias)`` pairs.
+
+  The same step as :func:`lstm_step` with ``LN`` normalizers. Where
+  :func:`lnorm.fused_cells.kernel_usable` (float32 on one CPU device), the
+  state update after the two matrix products runs as one fused kernel
+  (:func:`lnorm.fused_cells.ln_lstm_update`); elsewhere as :func:`lstm_step`.
+
+  Args: as :func:`lstm_step`; ``ln_h``, ``ln_x`` ``[4H]`` and ``ln_c`` ``[H]``
+  pairs instead of normalizers; ``eps`` inside every square root.
+  """
+  c, h = carry
+  dtype = compute_dtype(dtype, inputs, c, h, input_kernel, recurrent_kernel)
+  arrays = (inputs, c, h, input_kernel, recurrent_kernel, bias, *ln_h, *ln_x, *ln_c)
+  if jnp.dtype(dtype) != jnp.float32 or not fused_cells.kernel_usable(*arrays):
+    return lstm_step(
+      carry,
+      inputs,
+      input_kernel=input_kernel,
+      recurrent_kernel=recurrent_kernel,
+      bias=bias,
+      norm_h=_layer_norm_with(ln_h, eps),
+      norm_x=_layer_norm_with(ln_x, eps),
+      norm_c=_layer_norm_with(ln_c, eps),
+      dtype=dtype,
+    )
+  wx = jnp.dot(inputs, input_kernel)
+  wh = jnp.dot(h, recurrent_kernel)
+  wh, wx, c = _same_rows(wh, wx, c)
+  new_c, new_h = fused_cells.ln_lstm_update(wh, wx, c, ln_h, ln_x, bias, ln_c, eps=eps)
+  return (new_c, new_h), new_h
+
+
+def ln_gru_step(
+  carry: Array,
+  inputs: Array,
+  *,
+  input_kernel: Array,
+  recurrent_kernel: Array,
+  candidate_input_kernel: Array,
+  candidate_recurrent_kernel: Array,
+  ln_h: LNParams,
+  ln_x: LNParams,
+  ln_cx: LNParams,
+  ln_ch: LNParams,
+  eps: float = F.DEFAULT_EPS,
+  dtype: Any = None,
+) -> tuple[Array, Array]:
+  """One LN-GRU step (eqs. 26-28) from the layer norms' ``(scale, bias)`` pairs.
+
+  The same step as :func:`gru_step` with ``LN`` normalizers and no biases; as
+  :func:`ln_lstm_step`, the update after the four matrix products is one fused
+  kernel where :func:`lnorm.fused_cells.kernel_usable`.
+  """
+  h = carry
+  kernels = (input_kernel, recurrent_kernel, candidate_input_kernel, candidate_recurrent_kernel)
+  dtype = compute_dtype(dtype, inputs, h, *kernels)
+  arrays = (inputs, h, *kernels, *ln_h, *ln_x, *ln_cx, *ln_ch)
+  if jnp.dtype(dtype) != jnp.float32 or not fused_cells.kernel_usable(*arrays):
+    return gru_step(
+      carry,
+      inputs,
+      input_kernel=input_kernel,
+      recurrent_kernel=recurrent_kernel,
+      candidate_input_kernel=candidate_input_kernel,
+      candidate_recurrent_kernel=candidate_recurrent_kernel,
+      norm_h=_layer_norm_with(ln_h, eps),
+      norm_x=_layer_norm_with(ln_x, eps),
+      norm_cx=_layer_norm_with(ln_cx, eps),
+      norm_ch=_layer_norm_with(ln_ch, eps),
+      dtype=dtype,
+    )
+  wx, wh = jnp.dot(inputs, input_kernel), jnp.dot(h, recurrent_kernel)
+  cx, ch = jnp.dot(inputs, candidate_input_kernel), jnp.dot(h, candidate_recurrent_kernel)
+  wh, wx, cx, ch, h = _same_rows(wh, wx, cx, ch, h)
+  new_h = fused_cells.ln_gru_update(wh, wx, cx, ch, h, ln_h, ln_x, ln_cx, ln_ch, eps=eps)
   return new_h, new_h
 
 

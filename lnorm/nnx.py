@@ -505,6 +505,11 @@ def _cell_kernels(cell, in_features, hidden, gates, kernel_init, recurrent_kerne
   )
 
 
+def _ln_params(ln: LayerNorm) -> tuple[Array, Array]:
+  """A cell's layer norm's ``(scale, bias)``, for :func:`lnorm.cells.ln_lstm_step`."""
+  return ln.scale[...], ln.bias[...]
+
+
 class LSTMCell(_CellBase):
   r"""LSTM cell with the paper's layer normalization; NNX twin of :class:`lnorm.recurrent.LSTMCell`.
 
@@ -562,17 +567,16 @@ class LSTMCell(_CellBase):
   ) -> tuple[tuple[Array, Array], Array]:  # type: ignore[override]
     """One step: ``((c, h), x) -> ((c_t, h_t), h_t)``."""
     self._check(carry[1], inputs)
-    return C.lstm_step(
-      carry,
-      inputs,
+    kernels = dict(
       input_kernel=self.input_kernel[...],
       recurrent_kernel=self.recurrent_kernel[...],
       bias=self.bias[...],
-      norm_h=self.ln_h,
-      norm_x=self.ln_x,
-      norm_c=self.ln_c,
-      dtype=self.dtype,
     )
+    if self.norm == 'layer':
+      lns = {name: _ln_params(getattr(self, name)) for name in ('ln_h', 'ln_x', 'ln_c')}
+      eps = self.ln_h.epsilon
+      return C.ln_lstm_step(carry, inputs, **kernels, **lns, eps=eps, dtype=self.dtype)
+    return C.lstm_step(carry, inputs, **kernels, norm_c=self.ln_c, dtype=self.dtype)
 
   def initialize_carry(
     self, input_shape: tuple[int, ...], rngs: Any = None, carry_init: Any = None
@@ -631,13 +635,20 @@ class GRUCell(_CellBase):
   def __call__(self, carry: Array, inputs: Array) -> tuple[Array, Array]:  # type: ignore[override]
     """One step: ``(h, x) -> (h_t, h_t)``."""
     self._check(carry, inputs)
-    return C.gru_step(
-      carry,
-      inputs,
+    kernels = dict(
       input_kernel=self.input_kernel[...],
       recurrent_kernel=self.recurrent_kernel[...],
       candidate_input_kernel=self.candidate_input_kernel[...],
       candidate_recurrent_kernel=self.candidate_recurrent_kernel[...],
+    )
+    if self.ln_h is not None:
+      lns = {name: _ln_params(getattr(self, name)) for name in ('ln_h', 'ln_x', 'ln_cx', 'ln_ch')}
+      eps = self.ln_h.epsilon
+      return C.ln_gru_step(carry, inputs, **kernels, **lns, eps=eps, dtype=self.dtype)
+    return C.gru_step(
+      carry,
+      inputs,
+      **kernels,
       bias=_value(self.bias),
       candidate_bias=_value(self.candidate_bias),
       norm_h=self.ln_h,

@@ -102,6 +102,24 @@ def _check_inputs(module: nn.Module, inputs: Array, kernel_name: str = 'input_ke
     cells.check_size(type(module).__name__, 'inputs', kernel.shape[0], inputs.shape[-1])
 
 
+class _LayerNormParams(nn.Module):
+  """A :class:`~lnorm.layers.LayerNorm`'s parameters alone (the same names, shapes, inits).
+
+  The LN cells take their layer norms' ``(scale, bias)`` to hand them to the fused
+  kernel (:func:`lnorm.cells.ln_lstm_step`); the variables are those of a
+  ``LayerNorm`` over ``features``, so checkpoints do not change.
+  """
+
+  features: int
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self) -> tuple[Array, Array]:
+    shape = (self.features,)
+    scale = self.param('scale', nn.initializers.ones, shape, self.param_dtype)
+    return scale, self.param('bias', nn.initializers.zeros, shape, self.param_dtype)
+
+
 class LSTMCell(nn.RNNCellBase):
   r"""LSTM cell with the paper's layer normalization (``norm='layer'``, eqs. 20-22).
 
@@ -209,19 +227,15 @@ class LSTMCell(nn.RNNCellBase):
       (4 * hidden,),
       self.param_dtype,
     )
-    ln = lambda name: LayerNorm(epsilon=self.epsilon, param_dtype=self.param_dtype, name=name)  # noqa: E731
-    layer = self.norm == 'layer'
-    return cells.lstm_step(
-      carry,
-      inputs,
-      input_kernel=w_x,
-      recurrent_kernel=w_h,
-      bias=b,
-      norm_h=ln('ln_h') if layer else None,
-      norm_x=ln('ln_x') if layer else None,
-      norm_c=ln('ln_c') if self.norm in ('layer', 'draw') else None,
-      dtype=self.dtype,
-    )
+    kernels = dict(input_kernel=w_x, recurrent_kernel=w_h, bias=b)
+    if self.norm == 'layer':
+      ln = lambda name, n: _LayerNormParams(n, self.param_dtype, name=name)()  # noqa: E731
+      lns = dict(ln_h=ln('ln_h', 4 * hidden), ln_x=ln('ln_x', 4 * hidden), ln_c=ln('ln_c', hidden))
+      return cells.ln_lstm_step(carry, inputs, **kernels, **lns, eps=self.epsilon, dtype=self.dtype)
+    ln_c = None
+    if self.norm == 'draw':
+      ln_c = LayerNorm(epsilon=self.epsilon, param_dtype=self.param_dtype, name='ln_c')
+    return cells.lstm_step(carry, inputs, **kernels, norm_c=ln_c, dtype=self.dtype)
 
   @nn.nowrap
   def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> tuple[Array, Array]:
@@ -322,9 +336,14 @@ class GRUCell(nn.RNNCellBase):
       candidate_recurrent_kernel=u,
     )
     if self.norm == 'layer':
-      ln = lambda name: LayerNorm(epsilon=self.epsilon, param_dtype=pd, name=name)  # noqa: E731
-      norms = dict(norm_h=ln('ln_h'), norm_x=ln('ln_x'), norm_cx=ln('ln_cx'), norm_ch=ln('ln_ch'))
-      return cells.gru_step(carry, inputs, **kernels, **norms, dtype=self.dtype)
+      ln = lambda name, n: _LayerNormParams(n, pd, name=name)()  # noqa: E731
+      lns = dict(
+        ln_h=ln('ln_h', 2 * hidden),
+        ln_x=ln('ln_x', 2 * hidden),
+        ln_cx=ln('ln_cx', hidden),
+        ln_ch=ln('ln_ch', hidden),
+      )
+      return cells.ln_gru_step(carry, inputs, **kernels, **lns, eps=self.epsilon, dtype=self.dtype)
     b = self.param('bias', self.bias_init, (2 * hidden,), pd)
     b_c = self.param('candidate_bias', self.bias_init, (hidden,), pd)
     return cells.gru_step(carry, inputs, **kernels, bias=b, candidate_bias=b_c, dtype=self.dtype)
