@@ -16,6 +16,12 @@ BN-LSTM         per-step batch norms ``norm_h``, ``norm_x``, ``norm_c``
                 (Cooijmans et al. 2016; :func:`step_batch_norm`)
 ==============  =========================================================
 
+The paper's LN-LSTM and LN-GRU go through :func:`ln_lstm_step` and
+:func:`ln_gru_step`, which take the layer norms' ``(scale, bias)`` pairs: on one
+CPU device in float32 their state update after the matrix products is one fused
+kernel forward and one backward (:mod:`lnorm.fused_cells`), elsewhere the same
+equations as :func:`lstm_step` / :func:`gru_step` with layer-norm normalizers.
+
 Gate orders are the paper's: ``[f; i; o; g]`` for the LSTM and ``[z; r]``
 for the GRU. The initializers both APIs use (:func:`block_orthogonal`,
 :func:`forget_bias_init`) live here too.

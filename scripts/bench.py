@@ -55,6 +55,7 @@ itself with it unless ``--allocator=default`` (the Makefile exports it too).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -115,6 +116,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from lnorm import _ffi  # noqa: E402
 from lnorm import functional as F  # noqa: E402
 from lnorm.lab import benchmarking as B  # noqa: E402
 
@@ -467,6 +469,21 @@ def _lstm_hoisted(hidden: int, naive: bool = False):
   return apply
 
 
+@contextlib.contextmanager
+def _kernels_off(off: bool):
+  """Traces inside take lnorm's XLA paths (no CPU kernels) when ``off``."""
+  saved = os.environ.get(_ffi.ENV_SWITCH)
+  if off:
+    os.environ[_ffi.ENV_SWITCH] = 'xla'
+  try:
+    yield
+  finally:
+    if saved is None:
+      os.environ.pop(_ffi.ENV_SWITCH, None)
+    else:
+      os.environ[_ffi.ENV_SWITCH] = saved
+
+
 def _torch_rnn_fns(module, x, dy):
   """``(fwd, fwdbwd)`` callables of no arguments for a PyTorch RNN module (eager)."""
   import numpy as np
@@ -518,6 +535,9 @@ def section_rnn(cfg: Config) -> Section:
       'flax GRUCell': ('gru', nn.RNN(nn.GRUCell(hidden))),
       "ours GRU norm='none'": ('gru', nn.RNN(R.GRUCell(hidden, norm='none'))),
       "ours GRU norm='layer'": ('gru', nn.RNN(R.GRUCell(hidden, norm='layer'))),
+      # The same cells with the fused CPU kernels switched off (the step as XLA ops).
+      "ours LSTM norm='layer' (XLA path)": ('lstm', nn.RNN(R.LSTMCell(hidden, norm='layer'))),
+      "ours GRU norm='layer' (XLA path)": ('gru', nn.RNN(R.GRUCell(hidden, norm='layer'))),
     }
     applies, params = {}, {}
     for name, (_, module) in models.items():
@@ -540,13 +560,14 @@ def section_rnn(cfg: Config) -> Section:
 
     compiled = []
     for name, apply in applies.items():
-      compiled.append(B.compile_fn(f'{name} | fwd', apply, params[name], x))
+      with _kernels_off(name.endswith('(XLA path)')):
+        compiled.append(B.compile_fn(f'{name} | fwd', apply, params[name], x))
 
-      def fwdbwd(p, x, dy, apply=apply):
-        y, pullback = jax.vjp(apply, p, x)
-        return y, *pullback(dy)
+        def fwdbwd(p, x, dy, apply=apply):
+          y, pullback = jax.vjp(apply, p, x)
+          return y, *pullback(dy)
 
-      compiled.append(B.compile_fn(f'{name} | fwd+bwd', fwdbwd, params[name], x, dy))
+        compiled.append(B.compile_fn(f'{name} | fwd+bwd', fwdbwd, params[name], x, dy))
     torch_models = {
       'torch nn.LSTM': ('lstm', 'none'),
       'torch LN-LSTM (hand-written)': ('lstm', 'layer'),
@@ -595,6 +616,7 @@ def section_rnn(cfg: Config) -> Section:
       )
     size = f'{batch}x{steps}x{n_in}x{hidden}'
     hoist = "ours LSTM norm='layer', input projection hoisted"
+    xla_lstm, xla_gru = "ours LSTM norm='layer' (XLA path)", "ours GRU norm='layer' (XLA path)"
     lstm, gru = med["ours LSTM norm='layer' | fwd+bwd"], med["ours GRU norm='layer' | fwd+bwd"]
     flax_lstm, flax_gru = med['flax OptimizedLSTMCell | fwd+bwd'], med['flax GRUCell | fwd+bwd']
     targets += [
@@ -603,13 +625,15 @@ def section_rnn(cfg: Config) -> Section:
         lstm / flax_lstm,
         1.10,
         f'hoisted: {med[hoist + " | fwd+bwd"] / flax_lstm:.2f}x, naive hoisted: '
-        f'{med[hoist + " (naive) | fwd+bwd"] / flax_lstm:.2f}x; vs torch LN-LSTM: '
+        f'{med[hoist + " (naive) | fwd+bwd"] / flax_lstm:.2f}x; XLA path (no fused kernel): '
+        f'{med[xla_lstm + " | fwd+bwd"] / flax_lstm:.2f}x; vs torch LN-LSTM: '
         f'{lstm / med["torch LN-LSTM (hand-written) | fwd+bwd"]:.2f}x',
       ),
       _target(
         f'LN-GRU fwd+bwd / flax GRUCell fwd+bwd, {size}',
         gru / flax_gru,
         1.10,
+        f'XLA path (no fused kernel): {med[xla_gru + " | fwd+bwd"] / flax_gru:.2f}x; '
         f'vs torch LN-GRU: {gru / med["torch LN-GRU (hand-written) | fwd+bwd"]:.2f}x',
       ),
     ]
@@ -618,7 +642,9 @@ def section_rnn(cfg: Config) -> Section:
       'Each model is `nn.RNN(cell)` over `x: [batch, T, in]` (float32), forward and',
       'forward+backward (`jax.vjp` for the parameters and x with a given cotangent)',
       "in one jitted function. Ratios are against Flax's cell of the same kind",
-      '(no normalization). The hoisted LN-LSTM is the same model written with',
+      '(no normalization). The LN cells run their state update as one fused CPU kernel',
+      'forward and one backward (`lnorm.fused_cells`); "(XLA path)" is the same cell with',
+      'the kernels switched off (`LNORM_LAYER_NORM_KERNEL=xla`). The hoisted LN-LSTM is the same model written with',
       '`LN(W_x x_t) + b` for all steps computed before the `lax.scan` (checked equal',
       'to the cell to 1e-4 over the first 10 steps): "naive" as first written (the',
       'projection made in `[batch, T, 4H]` and transposed, the scan slicing it),',

@@ -20,6 +20,7 @@ LIBRARY = (
   'lnorm.functional',
   'lnorm._ffi',  # builds and loads the C++ CPU kernel (stdlib and jax only)
   'lnorm.cells',
+  'lnorm.fused_cells',  # the LN cells' fused CPU kernels (through lnorm._ffi)
   'lnorm.layers',
   'lnorm.recurrent',
   'lnorm.nnx',
