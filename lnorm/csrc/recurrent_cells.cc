@@ -77,7 +77,9 @@ inline float Exp(float x) {
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return p * __builtin_bit_cast(float, bits);
+  float scale;  // 2^n (memcpy, not std::bit_cast: C++17, and GCC vectorizes it the same)
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
 }
 
 inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
