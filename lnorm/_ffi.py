@@ -191,6 +191,19 @@ def _load() -> tuple[bool, str]:
   return True, str(path)
 
 
+def usable_here() -> bool:
+  """Whether lnorm's CPU kernels run for what is traced now: not switched off, the default
+  backend a CPU with one device, and the library built and loaded.
+
+  With several devices (processes) XLA's SPMD partitioner would replicate a custom call
+  (gathering its operands onto every device) where it splits XLA's own loops: the kernels
+  are for one device. On a GPU/TPU machine no compiler runs.
+  """
+  if not kernel_enabled() or jax.default_backend() != 'cpu' or jax.device_count() != 1:
+    return False
+  return layer_norm_kernel()[0]
+
+
 def layer_norm_kernel() -> tuple[bool, str]:
   """``(available, detail)``: builds (once per process) and registers every kernel.
 

@@ -526,13 +526,9 @@ def _use_kernel(x, scale, bias, axes, mode) -> bool:
     return False
   if axes != tuple(range(x.ndim - len(axes), x.ndim)):
     return False
-  # On a GPU/TPU machine the XLA path stays (and no compiler runs); the primitives lower to
-  # it anyway wherever a traced kernel path is compiled for another platform. With several
-  # devices (processes) XLA's SPMD partitioner would replicate the custom call (gathering
-  # x onto every device), where it splits the XLA path's loops: the kernel is for one device.
-  if not _ffi.kernel_enabled() or jax.default_backend() != 'cpu' or jax.device_count() != 1:
-    return False
-  return _ffi.layer_norm_kernel()[0]
+  # The primitives lower to the XLA path anyway wherever a traced kernel path is compiled
+  # for another platform.
+  return _ffi.usable_here()
 
 
 #: Smaller inputs (in elements) take the XLA path. Alone, the kernel is faster at every size

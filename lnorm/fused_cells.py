@@ -110,14 +110,15 @@ def _avals(arrays):
   return [jax.core.ShapedArray(a.shape, jnp.float32) for a in arrays]
 
 
-def _define_update(name, reference, num_operands, num_results, fwd_target, bwd_target):
-  """The three primitives of an update and its ``custom_jvp`` function."""
+def _define_update(name, reference, num_operands, num_results, carry_index, fwd_target, bwd_target):
+  """The three primitives of an update and its ``custom_jvp`` function.
+
+  The results have the shape of operand ``carry_index`` (``c`` of the LSTM, ``h`` of the GRU).
+  """
   fwd_formula, tangent_formula, bwd_formula = _formulas(reference, num_operands)
 
   def result_avals(*args, **_):
-    # The results have the carry's shape: c (LSTM) or h (GRU), operand 2 or 4.
-    carry = args[2] if num_operands == 8 else args[4]
-    return _avals([carry] * num_results)
+    return _avals([args[carry_index]] * num_results)
 
   fwd_p = F._define(
     f'{name}_fwd', True, fwd_formula, result_avals, fwd_target, static=(), param_slots=()
@@ -181,10 +182,10 @@ def _define_update(name, reference, num_operands, num_results, fwd_target, bwd_t
 
 
 _ln_lstm = _define_update(
-  'lnorm_ln_lstm', ln_lstm_update_reference, 8, 2, _ffi.LSTM_FWD_TARGET, _ffi.LSTM_BWD_TARGET
+  'lnorm_ln_lstm', ln_lstm_update_reference, 8, 2, 2, _ffi.LSTM_FWD_TARGET, _ffi.LSTM_BWD_TARGET
 )
 _ln_gru = _define_update(
-  'lnorm_ln_gru', ln_gru_update_reference, 12, 1, _ffi.GRU_FWD_TARGET, _ffi.GRU_BWD_TARGET
+  'lnorm_ln_gru', ln_gru_update_reference, 12, 1, 4, _ffi.GRU_FWD_TARGET, _ffi.GRU_BWD_TARGET
 )
 
 
@@ -196,11 +197,7 @@ def kernel_usable(*arrays: Array) -> bool:
   replicate the custom call); ``$LNORM_LAYER_NORM_KERNEL`` not switched off; the
   kernel library built and loaded.
   """
-  if any(jnp.result_type(a) != jnp.float32 for a in arrays):
-    return False
-  if not _ffi.kernel_enabled() or jax.default_backend() != 'cpu' or jax.device_count() != 1:
-    return False
-  return _ffi.layer_norm_kernel()[0]
+  return all(jnp.result_type(a) == jnp.float32 for a in arrays) and _ffi.usable_here()
 
 
 def ln_lstm_update(wh, wx, c, ln_h, ln_x, bias, ln_c, *, eps=F.DEFAULT_EPS):

@@ -118,28 +118,6 @@ inline void Normalize(const float* v, int64_t n, RowStats s, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = ((v[i] - s.p) - s.m) * s.rs;
 }
 
-// The layer-norm backward of one row from the gradient of xhat:
-// out = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
-inline void NormalizeBwd(const float* xhat, const float* dxhat, int64_t n, float rs,
-                         float* out) {
-  float acc[kLanes] = {}, acc_x[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int64_t j = 0; j < kLanes; ++j) {
-      acc[j] += dxhat[i + j];
-      acc_x[j] += dxhat[i + j] * xhat[i + j];
-    }
-  }
-  float tail = 0.f, tail_x = 0.f;
-  for (; i < n; ++i) {
-    tail += dxhat[i];
-    tail_x += dxhat[i] * xhat[i];
-  }
-  const float mean = (Reduce(acc) + tail) / static_cast<float>(n);
-  const float mean_x = (Reduce(acc_x) + tail_x) / static_cast<float>(n);
-  for (int64_t k = 0; k < n; ++k) out[k] = (dxhat[k] - mean - xhat[k] * mean_x) * rs;
-}
-
 // One gate pre-activation: LN(a)[k] * a1[k] + LN(u)[k] * a2[k] + shift[k].
 inline float Gate(const float* a, const float* u, RowStats sa, RowStats su, const float* a1,
                   const float* a2, const float* shift, int64_t k) {
@@ -213,12 +191,6 @@ struct ColumnSums {
     const int64_t n = static_cast<int64_t>(partial[k].size());
     LNORM_IVDEP
     for (int64_t i = 0; i < n; ++i) s[i] += v[i];
-  }
-  void AddProduct(size_t k, const float* a, const float* b) {
-    float* s = partial[k].data();
-    const int64_t n = static_cast<int64_t>(partial[k].size());
-    LNORM_IVDEP
-    for (int64_t i = 0; i < n; ++i) s[i] += a[i] * b[i];
   }
   // After each row: every kFlushRows rows (and at the end) the partials go into the totals.
   void EndRow(bool last) {
@@ -347,21 +319,16 @@ ffi::Error LnLstmBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buffer
         cn[j] = sf[j] * cp[j] + si[j] * tg[j];
       }
       const RowStats sc = Stats(cn, hidden, eps);
-      // h = so * tanh(n), n = chat * a3 + b3: the output gate's gradient, dn, and the sums of
-      // the layer-norm backward of c_new (dchat = dn * a3).
+      // h = so * tanh(n), n = LN(c_new) a3 + b3: the output gate's gradient and dn.
       LNORM_IVDEP
       for (int64_t j = 0; j < hidden; ++j) {
-        const float chat = ((cn[j] - sc.p) - sc.m) * sc.rs;
-        const float tn = Tanh(chat * a3d[j] + b3d[j]);
+        const float tn = Tanh((((cn[j] - sc.p) - sc.m) * sc.rs) * a3d[j] + b3d[j]);
         const float sig_o = so[j];
         so[j] = dhr[j] * tn * sig_o * (1.0f - sig_o);
         dn[j] = dhr[j] * sig_o * (1.0f - tn * tn);
-        dcn[j] = chat;
       }
-      sums.AddProduct(3, dn, dcn);
       sums.Add(4, dn);
-      for (int64_t j = 0; j < hidden; ++j) dn[j] *= a3d[j];  // dchat
-      NormalizeBwd(dcn, dn, hidden, sc.rs, dcn);
+      LnBwdFromGain(cn, sc, dn, a3d, hidden, sums.partial[3].data(), dcn);
       float* dcp = dcd + r * hidden;
       LNORM_IVDEP
       for (int64_t j = 0; j < hidden; ++j) {
