@@ -294,3 +294,40 @@ def test_cell_steps_fall_back_outside_float32():
   assert 'lnorm_ln_lstm' not in hlo
   (c, h), y = cell.apply(variables, carry, x)
   assert h.dtype == jnp.bfloat16 and y.shape == (2, 4)
+
+
+def _is_gcc(cxx):
+  import subprocess
+
+  out = subprocess.run([cxx, '--version'], capture_output=True, text=True, check=False).stdout
+  return 'Free Software Foundation' in out and 'clang' not in out
+
+
+def test_the_marked_loops_are_vectorized(tmp_path):
+  # The cell kernels are fast only if their element-wise loops (marked LNORM_IVDEP) compile to
+  # vector code; a flag or a code change can silently leave them scalar (on AVX2, without
+  # -fno-trapping-math, every loop calling Exp was: 4x slower). GCC's report says which were.
+  import subprocess
+
+  cxx, include = _ffi.compiler(), _ffi.headers_dir()
+  if cxx is None or include is None or not _is_gcc(cxx):
+    pytest.skip('needs GCC and the XLA FFI headers (the vectorization report is GCC-specific)')
+  source = _ffi.CSRC / 'recurrent_cells.cc'
+  lines = source.read_text().splitlines()
+  marked = [
+    n + 2  # 1-based number of the loop line after the pragma line.
+    for n, line in enumerate(lines)
+    if line.strip() == 'LNORM_IVDEP'
+  ]
+  assert len(marked) >= 8 and all(lines[n - 1].lstrip().startswith('for (') for n in marked)
+  report = tmp_path / 'vec.txt'
+  cmd = [cxx, *_ffi.COMPILE_FLAGS, '-isystem', str(include), '-c', str(source)]
+  cmd += ['-o', str(tmp_path / 'cells.o'), f'-fopt-info-vec-optimized={report}']
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  vectorized = {
+    int(entry.split(':')[1])
+    for entry in report.read_text().splitlines()
+    if entry.startswith(str(source)) and 'loop vectorized' in entry
+  }
+  assert not set(marked) - vectorized, f'scalar loops at lines {sorted(set(marked) - vectorized)}'
