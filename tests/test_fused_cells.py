@@ -178,18 +178,19 @@ def test_kernel_matches_the_xla_formulas(kind):
   lead, hidden = (4,), 24
   args = [jnp.asarray(a) for a in _operands(kind, lead, hidden, seed=2)]
   argnums = tuple(range(len(args)))
-  for f, x in zip(_as_tuple(jax.jit(fused)(*args)), _as_tuple(xla(*args)), strict=True):
+  # Everything jitted: op-by-op dispatch of the XLA formulas' derivatives took most of the time.
+  for f, x in zip(_as_tuple(jax.jit(fused)(*args)), _as_tuple(jax.jit(xla)(*args)), strict=True):
     np.testing.assert_allclose(f, x, atol=1e-6)
   loss_f, _ = _scalar_loss(fused, lead, hidden)
   loss_x, _ = _scalar_loss(xla, lead, hidden)
   grads_f = jax.jit(jax.grad(loss_f, argnums))(*args)
-  grads_x = jax.grad(loss_x, argnums)(*args)
+  grads_x = jax.jit(jax.grad(loss_x, argnums))(*args)
   for gf, gx in zip(grads_f, grads_x, strict=True):
     np.testing.assert_allclose(gf, gx, atol=2e-5, rtol=1e-5)
   tangents = [0.5 * a + 0.1 for a in args]
   for tf, tx in zip(
-    _as_tuple(jax.jvp(fused, args, tangents)[1]),
-    _as_tuple(jax.jvp(xla, args, tangents)[1]),
+    _as_tuple(jax.jit(lambda a, t: jax.jvp(fused, a, t)[1])(args, tangents)),
+    _as_tuple(jax.jit(lambda a, t: jax.jvp(xla, a, t)[1])(args, tangents)),
     strict=True,
   ):
     np.testing.assert_allclose(tf, tx, atol=1e-5)
@@ -199,13 +200,15 @@ def test_kernel_matches_the_xla_formulas(kind):
     return lambda g: _scalar_loss(fn, lead, hidden)[0](*args[:gain], g, *args[gain + 1 :])
 
   np.testing.assert_allclose(
-    jax.hessian(of_gain(fused))(args[gain]), jax.hessian(of_gain(xla))(args[gain]), atol=1e-4
+    jax.jit(jax.hessian(of_gain(fused)))(args[gain]),
+    jax.jit(jax.hessian(of_gain(xla)))(args[gain]),
+    atol=1e-4,
   )
   stacked = [jnp.stack([a, 2 * a]) for a in args[:3]]
   in_axes = (0, 0, 0) + (None,) * (len(args) - 3)
   for vf, vx in zip(
-    _as_tuple(jax.vmap(fused, in_axes)(*stacked, *args[3:])),
-    _as_tuple(jax.vmap(xla, in_axes)(*stacked, *args[3:])),
+    _as_tuple(jax.jit(jax.vmap(fused, in_axes))(*stacked, *args[3:])),
+    _as_tuple(jax.jit(jax.vmap(xla, in_axes))(*stacked, *args[3:])),
     strict=True,
   ):
     np.testing.assert_allclose(vf, vx, atol=1e-5)

@@ -310,12 +310,12 @@ def test_skip_thoughts_through_launch_local_gives_the_losses_of_one(tmp_path, ca
   assert proc.returncode == 0, _tail(tmp_path / 'mp.log')
   log = (tmp_path / 'mp.log').read_text()
   assert '[0] ' in log and '[1] ' in log
-  _run_one(command(tmp_path / 'two'), cache_dir, 2, tmp_path / 'two.log')
+  # Against one device only (the exact comparison with two devices in one process is
+  # pMNIST's above; a third run here cost a third of the suite's slowest test).
   _run_one(command(tmp_path / 'one'), cache_dir, 1, tmp_path / 'one.log')
-  rows, two, one = _rows(tmp_path / 'mp'), _rows(tmp_path / 'two'), _rows(tmp_path / 'one')
+  rows, one = _rows(tmp_path / 'mp'), _rows(tmp_path / 'one')
   assert [r['step'] for r in rows] == list(range(5))  # Step 0: the untrained encoder.
   keys = ('train/loss', 'train/grad_norm', 'valid/nll', 'senteval/MR')
-  _assert_same_numbers(rows, two, keys, rtol=0)
   _assert_same_numbers(rows, one, keys, rtol=1e-6)
 
 
