@@ -8,6 +8,8 @@ an LN cell with the kernel gives the same outputs and gradients as with
 cannot be built (``test_layer_norm_kernel.test_kernel_builds_where_it_can`` fails then).
 """
 
+import subprocess
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -300,18 +302,14 @@ def test_cell_steps_fall_back_outside_float32():
 
 
 def _is_gcc(cxx):
-  import subprocess
-
   out = subprocess.run([cxx, '--version'], capture_output=True, text=True, check=False).stdout
-  return 'Free Software Foundation' in out and 'clang' not in out
+  return 'Free Software Foundation' in out  # GCC's banner; clang's says "clang".
 
 
 def test_the_marked_loops_are_vectorized(tmp_path):
   # The cell kernels are fast only if their element-wise loops (marked LNORM_IVDEP) compile to
   # vector code; a flag or a code change can silently leave them scalar (on AVX2, without
   # -fno-trapping-math, every loop calling Exp was: 4x slower). GCC's report says which were.
-  import subprocess
-
   cxx, include = _ffi.compiler(), _ffi.headers_dir()
   if cxx is None or include is None or not _is_gcc(cxx):
     pytest.skip('needs GCC and the XLA FFI headers (the vectorization report is GCC-specific)')
